@@ -1,0 +1,276 @@
+"""The CRM sandbox: a small HTTP server that behaves like a SaaS CRM.
+
+- `GET  /api/v1/{resource}`        cursor pagination (`limit`, `cursor`), `updated_since`, `ids`
+- `POST /api/v1/{resource}/batch`  up to 200 records, one result per record, per-record
+                                   idempotency keys (a replayed key returns its first result)
+- bearer token auth; a token-bucket rate limit answering 429 with Retry-After
+- injectable faults on writes (429, 500, or a dropped connection after the write was applied)
+
+State lives in a SQLite file so it survives restarts and tests can read it back directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import socket
+import sqlite3
+import threading
+import time
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+RESOURCES = {
+    "accounts": ["id", "erp_number", "name", "type", "parent_id", "street", "street2", "city", "state",
+                 "zip", "country", "email", "phone", "credit_status", "payment_terms", "active",
+                 "deleted", "updated_at"],
+    "products": ["id", "product_code", "name", "uom", "status", "family", "deleted", "updated_at"],
+    "pricebook": ["id", "pricebook", "product_code", "uom", "currency", "list_price", "min_qty",
+                  "valid_from", "valid_to", "active", "deleted", "updated_at"],
+}
+ID_PREFIX = {"accounts": "ACC-", "products": "PRD-", "pricebook": "PBE-"}
+READ_ONLY = {"id", "updated_at", "deleted"}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def init_db(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(path)) as db:
+        for name, cols in RESOURCES.items():
+            db.execute(f"CREATE TABLE IF NOT EXISTS {name} ("
+                       + ", ".join(f"{c} TEXT" + (" PRIMARY KEY" if c == "id" else "") for c in cols) + ")")
+            db.execute(f"CREATE INDEX IF NOT EXISTS {name}_updated ON {name}(updated_at)")
+        db.execute("CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, result TEXT, at TEXT)")
+        db.execute("CREATE TABLE IF NOT EXISTS write_log (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                   "resource TEXT, record_id TEXT, fields TEXT, idempotency_key TEXT, at TEXT)")
+        db.commit()
+
+
+@dataclass
+class Faults:
+    """Share of write requests that fail, and how."""
+
+    write_fault_rate: float = 0.0
+    kinds: tuple[str, ...] = ("429", "500", "drop")
+    seed: int | None = None
+
+
+class _RateLimiter:
+    def __init__(self, per_second: float, burst: int):
+        self.rate, self.capacity = per_second, burst
+        self.tokens, self.at = float(burst), time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self) -> float | None:
+        """None if allowed, else seconds to wait."""
+        with self.lock:
+            t = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (t - self.at) * self.rate)
+            self.at = t
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return None
+            return (1 - self.tokens) / self.rate
+
+
+class DroppedConnection(Exception):
+    """Raised after a write was applied, to make the server close the connection unanswered."""
+
+
+def create_app(db_path: Path, *, token: str | None = None, rate_per_second: float = 500.0,
+               burst: int = 100, faults: Faults | None = None, max_page: int = 1000) -> Starlette:
+    init_db(db_path)
+    limiter = _RateLimiter(rate_per_second, burst)
+    faults = faults or Faults()
+    rng = random.Random(faults.seed)
+    write_lock = threading.Lock()
+    stats = {"requests": 0, "writes": 0, "faults": {"429": 0, "500": 0, "drop": 0}, "rate_limited": 0}
+
+    def db() -> sqlite3.Connection:
+        con = sqlite3.connect(db_path, timeout=30, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        con.execute("PRAGMA journal_mode=WAL")
+        return con
+
+    def guard(request: Request) -> JSONResponse | None:
+        stats["requests"] += 1
+        if token and request.headers.get("authorization") != f"Bearer {token}":
+            return JSONResponse({"error": "unauthorized"}, status_code=401)
+        wait = limiter.take()
+        if wait is not None:
+            stats["rate_limited"] += 1
+            return JSONResponse({"error": "rate limited"}, status_code=429,
+                                headers={"Retry-After": f"{max(wait, 0.01):.2f}"})
+        return None
+
+    async def list_records(request: Request) -> JSONResponse:
+        if (resp := guard(request)) is not None:
+            return resp
+        resource = request.path_params["resource"]
+        if resource not in RESOURCES:
+            return JSONResponse({"error": f"unknown resource {resource}"}, status_code=404)
+        p = request.query_params
+        limit = max(1, min(int(p.get("limit", 100)), max_page))
+        where, args = ["1=1"], []
+        if p.get("cursor"):
+            where.append("id > ?")
+            args.append(base64.urlsafe_b64decode(p["cursor"].encode()).decode())
+        if p.get("updated_since"):
+            where.append("updated_at > ?")
+            args.append(p["updated_since"].replace("+00:00", "Z"))
+        if p.get("ids"):
+            ids = p["ids"].split(",")
+            where.append(f"id IN ({','.join('?' * len(ids))})")
+            args.extend(ids)
+        with closing(db()) as con:
+            rows = con.execute(f"SELECT * FROM {resource} WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+                               [*args, limit + 1]).fetchall()
+        data = [dict(r) for r in rows[:limit]]
+        nxt = base64.urlsafe_b64encode(data[-1]["id"].encode()).decode() if len(rows) > limit else None
+        return JSONResponse({"data": data, "next_cursor": nxt})
+
+    async def batch(request: Request) -> JSONResponse:
+        if (resp := guard(request)) is not None:
+            return resp
+        resource = request.path_params["resource"]
+        if resource not in RESOURCES:
+            return JSONResponse({"error": f"unknown resource {resource}"}, status_code=404)
+        body = await request.json()
+        records = body.get("records", [])
+        if len(records) > 200:
+            return JSONResponse({"error": "at most 200 records per batch"}, status_code=413)
+        fault = None
+        if faults.write_fault_rate and rng.random() < faults.write_fault_rate:
+            fault = rng.choice(faults.kinds)
+        if fault in ("429", "500"):
+            stats["faults"][fault] += 1
+            if fault == "429":
+                return JSONResponse({"error": "rate limited"}, status_code=429, headers={"Retry-After": "0.05"})
+            return JSONResponse({"error": "internal error"}, status_code=500)
+        results = []
+        with write_lock, closing(db()) as con:
+            con.execute("BEGIN IMMEDIATE")
+            for rec in records:
+                results.append(_apply(con, resource, rec))
+            con.execute("COMMIT")
+        stats["writes"] += 1
+        if fault == "drop":
+            stats["faults"]["drop"] += 1
+            raise DroppedConnection()
+        return JSONResponse({"results": results})
+
+    async def stats_endpoint(request: Request) -> JSONResponse:
+        return JSONResponse(stats)
+
+    app = Starlette(routes=[
+        Route("/api/v1/{resource}", list_records, methods=["GET"]),
+        Route("/api/v1/{resource}/batch", batch, methods=["POST"]),
+        Route("/_sandbox/stats", stats_endpoint, methods=["GET"]),
+    ])
+    app.state.stats = stats
+    return app
+
+
+def _apply(con: sqlite3.Connection, resource: str, rec: dict) -> dict:
+    key = rec.get("idempotency_key")
+    if key:
+        seen = con.execute("SELECT result FROM idempotency WHERE key = ?", [key]).fetchone()
+        if seen:
+            return {**json.loads(seen[0]), "status": "duplicate"}
+    fields = rec.get("fields") or {}
+    unknown = [f for f in fields if f not in RESOURCES[resource] or f in READ_ONLY]
+    op = rec.get("op", "update")
+    if unknown:
+        result = {"id": rec.get("id"), "status": "error", "error": f"unknown or read-only field(s) {unknown}"}
+    elif op == "update":
+        exists = con.execute(f"SELECT 1 FROM {resource} WHERE id = ? AND coalesce(deleted,'false') <> 'true'",
+                             [rec.get("id")]).fetchone()
+        if not exists:
+            result = {"id": rec.get("id"), "status": "error", "error": "record not found"}
+        else:
+            sets = ", ".join(f"{f} = ?" for f in fields)
+            con.execute(f"UPDATE {resource} SET {sets}, updated_at = ? WHERE id = ?",
+                        [_text(v) for v in fields.values()] + [now_iso(), rec["id"]])
+            result = {"id": rec["id"], "status": "ok"}
+    elif op == "create":
+        n = con.execute(f"SELECT count(*) FROM {resource}").fetchone()[0]
+        new_id = f"{ID_PREFIX[resource]}{n + 1:07d}T"
+        cols = ["id", *fields, "updated_at"]
+        con.execute(f"INSERT INTO {resource} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                    [new_id, *[_text(v) for v in fields.values()], now_iso()])
+        result = {"id": new_id, "status": "ok"}
+    else:
+        result = {"id": rec.get("id"), "status": "error", "error": f"unknown op {op!r}"}
+    if result["status"] == "ok":
+        con.execute("INSERT INTO write_log (resource, record_id, fields, idempotency_key, at) VALUES (?,?,?,?,?)",
+                    [resource, result["id"], json.dumps(fields), key, now_iso()])
+    result["idempotency_key"] = key
+    if key:
+        con.execute("INSERT INTO idempotency (key, result, at) VALUES (?, ?, ?)", [key, json.dumps(result), now_iso()])
+    return result
+
+
+def _text(v) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+class CrmSandboxServer:
+    """The sandbox served over real HTTP on a free loopback port, in a background thread."""
+
+    def __init__(self, db_path: Path, **app_kw):
+        import uvicorn
+
+        self.app = create_app(Path(db_path), **app_kw)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="critical", access_log=False, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def stats(self) -> dict:
+        return self.app.state.stats
+
+    def start(self) -> "CrmSandboxServer":
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("CRM sandbox did not start within 10 s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+@contextmanager
+def serve(db_path: Path, **app_kw):
+    server = CrmSandboxServer(db_path, **app_kw).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,448 @@
+"""The demo landscape: a realistic distributor in three systems, with known discrepancies.
+
+`build(root, scale=1.0, seed=7)` writes
+    erp.sqlite                   the ERP (customer master, item master, price lists, stock)
+    crm/crm.sqlite               the CRM sandbox's data (served over HTTP by sandbox.crm)
+    wms/state, wms/exports/...   the WMS's master data and its nightly export drop
+    ground_truth.csv             every injected discrepancy and the correction it calls for
+    landscape.json               seed, scale, sizes and the reference date
+
+The same seed and scale always give the same landscape. Generation is vectorised (numpy).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from sandbox.crm import init_db
+from sandbox.wms import WmsSandbox
+from trueup.reconcile import golden_id_for
+
+COUNTRIES = {  # code: (crm spelling, wms spelling, currency, company, calling code, cities)
+    "US": ("United States", "USA", "USD", "US01", "1",
+           [("New York", "NY", "100"), ("Chicago", "IL", "606"), ("Dallas", "TX", "752"),
+            ("Atlanta", "GA", "303"), ("Denver", "CO", "802"), ("Seattle", "WA", "981")]),
+    "CA": ("Canada", "CAN", "CAD", "CA01", "1",
+           [("Toronto", "ON", "M5V"), ("Vancouver", "BC", "V6B"), ("Montreal", "QC", "H2Y")]),
+    "DE": ("Germany", "DEU", "EUR", "DE01", "49",
+           [("Berlin", "BE", "101"), ("Hamburg", "HH", "201"), ("München", "BY", "803")]),
+}
+ADJ = ["North", "Blue", "Summit", "Granite", "Pioneer", "Harbor", "Evergreen", "Atlas", "Keystone",
+       "Prairie", "Liberty", "Coastal", "Iron", "Silver", "Union", "Frontier", "Metro", "Royal"]
+NOUN = ["Supply", "Hardware", "Foods", "Industrial", "Medical", "Electric", "Plumbing", "Janitorial",
+        "Packaging", "Office", "Safety", "Fasteners", "Tools", "Chemicals", "Paper", "Auto Parts"]
+SUFFIX = ["Inc", "LLC", "Co", "Corp", "Ltd", "GmbH", "Group"]
+STREETS = ["Main St", "Oak Ave", "Industrial Pkwy", "Commerce Dr", "Market St", "Hauptstraße",
+           "Lake Rd", "Elm St", "Harbor Blvd", "Station Rd"]
+CATEGORIES = ["fasteners", "janitorial", "safety", "packaging", "electrical", "plumbing", "office"]
+PRODUCT_WORDS = ["Hex Bolt", "Nitrile Gloves", "Stretch Film", "Safety Glasses", "Copper Pipe",
+                 "Paper Towels", "LED Bulb", "Duct Tape", "Cable Ties", "Floor Cleaner", "Box Cutter"]
+WAREHOUSES = ["DC-EAST", "DC-WEST", "DC-CENTRAL"]
+CREDIT = {"ok": ("OK", "Good Standing"), "hold": ("HOLD", "On Hold"), "blocked": ("BLOCK", "Blocked")}
+TERMS = {"net30": ("N30", "Net 30"), "net45": ("N45", "Net 45"), "net60": ("N60", "Net 60"),
+         "prepaid": ("CIA", "Prepaid")}
+ROLE_ERP = {"sold_to": "SOLD", "ship_to": "SHIP", "bill_to": "BILL", "payer": "PAYR"}
+ROLE_CRM = {"sold_to": "Sold To", "ship_to": "Ship To"}
+
+
+@dataclass
+class Sizes:
+    sold_tos: int
+    skus: int
+    contracts: int
+
+    @classmethod
+    def for_scale(cls, scale: float) -> "Sizes":
+        return cls(sold_tos=max(20, int(300 * scale)), skus=max(20, int(500 * scale)),
+                   contracts=max(10, int(200 * scale)))
+
+
+def _ts(base: datetime, rng: np.random.Generator, n: int, days: int = 300) -> np.ndarray:
+    """n naive-UTC ISO timestamps within `days` before base."""
+    secs = rng.integers(3600, days * 86400, n)
+    return (pd.Timestamp(base.replace(tzinfo=None)) - pd.to_timedelta(secs, unit="s")).strftime(
+        "%Y-%m-%d %H:%M:%S").to_numpy()
+
+
+def _pick(rng, arr, n):
+    return np.asarray(arr, dtype=object)[rng.integers(0, len(arr), n)]
+
+
+def _gtin(n: int, rng: np.random.Generator) -> np.ndarray:
+    body = rng.integers(0, 10, (n, 13))
+    body[:, 0] = 0
+    weights = np.where(np.arange(13) % 2 == 0, 3, 1)[::-1]
+    check = (10 - (body * weights).sum(axis=1) % 10) % 10
+    digits = np.concatenate([body, check[:, None]], axis=1).astype(str)
+    return np.array(["".join(r) for r in digits])
+
+
+class Truth:
+    """Collects the ground truth: one row per correction a perfect run makes."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def add(self, kind, domain, system, keys, field, expected, action="update"):
+        keys = list(keys)
+        expected = list(expected) if not isinstance(expected, str) else [expected] * len(keys)
+        self.rows += [{"kind": kind, "domain": domain, "system": system, "key": k, "field": field,
+                       "expected": e, "action": action} for k, e in zip(keys, expected)]
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=["kind", "domain", "system", "key", "field", "expected", "action"])
+
+
+def build(root: str | Path, scale: float = 1.0, seed: int = 7, today: date | None = None,
+          drift: float = 0.02) -> dict:
+    """Build the landscape under `root` (replacing one that is there)."""
+    root = Path(root)
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    today = today or datetime.now(timezone.utc).date()
+    now = datetime.combine(today, datetime.min.time(), timezone.utc)
+    sizes = Sizes.for_scale(scale)
+    truth = Truth()
+
+    def n_of(pool: int, share: float = drift) -> int:
+        return max(3, int(round(pool * share)))
+
+    # ------------------------------------------------------------------ customers (the truth)
+    ns = sizes.sold_tos
+    n_ship = rng.integers(1, 5, ns)
+    nsh = int(n_ship.sum())
+    n_bill = max(2, ns // 20)
+    country = rng.choice(list(COUNTRIES), ns, p=[0.7, 0.15, 0.15])
+    names = (_pick(rng, ADJ, ns) + " " + _pick(rng, NOUN, ns) + " " + _pick(rng, SUFFIX, ns)).astype(object)
+    names = np.array([f"{n} {i}" if i % 7 == 0 else n for i, n in enumerate(names)], dtype=object)
+    sold = pd.DataFrame({
+        "erp": [f"1{i:07d}" for i in range(ns)], "role": "sold_to", "parent": None, "name": names,
+        "country": country,
+    })
+    parent_idx = np.repeat(np.arange(ns), n_ship)
+    ship = pd.DataFrame({
+        "erp": [f"2{i:07d}" for i in range(nsh)], "role": "ship_to",
+        "parent": sold["erp"].to_numpy()[parent_idx], "country": country[parent_idx],
+    })
+    bill_idx = rng.choice(ns, n_bill, replace=False)
+    bill = pd.DataFrame({
+        "erp": [f"3{i:07d}" for i in range(n_bill)], "role": "bill_to",
+        "parent": sold["erp"].to_numpy()[bill_idx], "country": country[bill_idx],
+    })
+    cust = pd.concat([sold, ship, bill], ignore_index=True)
+    nc = len(cust)
+    parent_name = dict(zip(sold["erp"], sold["name"]))
+    city_pick = rng.integers(0, 100, nc)
+    cities = [COUNTRIES[c][5][k % len(COUNTRIES[c][5])] for c, k in zip(cust["country"], city_pick)]
+    cust["city"] = [c[0] for c in cities]
+    cust["region"] = [c[1] for c in cities]
+    cust["postal"] = [c[2] + f"{k:02d}" for c, k in zip(cities, rng.integers(10, 99, nc))]
+    cust.loc[cust["role"] != "sold_to", "name"] = [
+        f"{parent_name[p]} - {c}" for p, c in zip(cust.loc[cust["role"] != "sold_to", "parent"],
+                                                    cust.loc[cust["role"] != "sold_to", "city"])]
+    cust["street"] = [f"{n} {s}" for n, s in zip(rng.integers(1, 9999, nc), _pick(rng, STREETS, nc))]
+    cust["street2"] = np.where(rng.random(nc) < 0.2, [f"Suite {k}" for k in rng.integers(100, 999, nc)], None)
+    slug = cust["erp"].str.slice(1)
+    cust["email"] = "orders+" + slug + "@" + cust["name"].str.split(" ").str[0].str.lower() + ".example.com"
+    local = rng.integers(2000000, 9999999, nc)
+    cust["phone_national"] = [
+        (f"{rng_a}{l:07d}" if c != "DE" else f"30{l:07d}") for c, rng_a, l in
+        zip(cust["country"], _pick(rng, ["212", "312", "214", "404", "720", "206", "416", "604"], nc), local)]
+    cust["phone"] = ["+" + COUNTRIES[c][4] + p for c, p in zip(cust["country"], cust["phone_national"])]
+    cust["credit_status"] = rng.choice(["ok", "hold"], nc, p=[0.93, 0.07])
+    cust["credit_limit"] = (rng.integers(10, 500, nc) * 1000).astype(str)
+    cust["terms"] = rng.choice(["net30", "net45", "net60"], nc)
+    cust["currency"] = [COUNTRIES[c][2] for c in cust["country"]]
+    cust["company"] = [COUNTRIES[c][3] for c in cust["country"]]
+    cust["tax_id"] = [f"{c}{k:09d}" for c, k in zip(cust["country"], rng.integers(1e8, 1e9 - 1, nc))]
+    cust["updated_at"] = _ts(now, rng, nc)
+    in_crm = cust["role"].isin(["sold_to", "ship_to"]).to_numpy()
+    cust["crm_id"] = None
+    cust.loc[in_crm, "crm_id"] = [f"ACC-{i:07d}" for i in range(int(in_crm.sum()))]
+    crm_of = dict(zip(cust["erp"], cust["crm_id"]))
+
+    # ------------------------------------------------------------------ products (the truth)
+    nk = sizes.skus
+    prod = pd.DataFrame({
+        "sku": [f"SKU-{i:06d}" for i in range(nk)],
+        "gtin": _gtin(nk, rng),
+        "mpn": [f"MPN{k:08d}" for k in rng.integers(0, 1e8, nk)],
+        "description": [f"{w} {s}" for w, s in zip(_pick(rng, PRODUCT_WORDS, nk),
+                                                     _pick(rng, ["Small", "Medium", "Large", "XL", "Pro", "Value"], nk))],
+        "case_qty": rng.choice([6, 12, 24, 48], nk),
+        "category": _pick(rng, CATEGORIES, nk),
+        "status": rng.choice(["active", "discontinued"], nk, p=[0.95, 0.05]),
+        "weight": np.round(rng.uniform(0.05, 25, nk), 3),
+        "updated_at": _ts(now, rng, nk),
+    })
+    prod["pallet_qty"] = prod["case_qty"] * 40
+    prod["crm_id"] = [f"PRD-{i:07d}" for i in range(nk)]
+
+    # ------------------------------------------------------------------ prices (the truth)
+    base_price = np.round(rng.uniform(1, 500, nk), 2)
+    lists = []
+    lists.append(pd.DataFrame({"price_list": "LIST-US", "sku": prod["sku"], "uom": "EA", "currency": "USD",
+                               "price": base_price, "min_qty": 1}))
+    eu = rng.random(nk) < 0.5
+    lists.append(pd.DataFrame({"price_list": "LIST-EU", "sku": prod["sku"][eu], "uom": "EA", "currency": "EUR",
+                               "price": np.round(base_price[eu] * 0.93, 2), "min_qty": 1}))
+    brk = rng.random(nk) < 0.2
+    lists.append(pd.DataFrame({"price_list": "LIST-US", "sku": prod["sku"][brk], "uom": "EA", "currency": "USD",
+                               "price": np.round(base_price[brk] * 0.9, 2), "min_qty": 10}))
+    nct = sizes.contracts
+    cs = rng.choice(ns, nct)
+    ck = rng.choice(nk, nct)
+    contracts = pd.DataFrame({"price_list": "CONTRACT-" + sold["erp"].to_numpy()[cs], "sku": prod["sku"].to_numpy()[ck],
+                              "uom": "EA", "currency": "USD", "price": np.round(base_price[ck] * 0.85, 4),
+                              "min_qty": 1}).drop_duplicates(["price_list", "sku"])
+    lists.append(contracts)
+    price = pd.concat(lists, ignore_index=True)
+    npr = len(price)
+    price["valid_from"] = (today - timedelta(days=200)).isoformat()
+    price["valid_to"] = np.where(price["price_list"].str.startswith("CONTRACT"),
+                                 (today + timedelta(days=180)).isoformat(), None)
+    is_contract = price["price_list"].str.startswith("CONTRACT").to_numpy()
+    expired = is_contract & (rng.random(npr) < 0.15)
+    price.loc[expired, "valid_to"] = (today - timedelta(days=45)).isoformat()
+    price["promo"] = rng.random(npr) < 0.05
+    price["updated_at"] = _ts(now, rng, npr)
+    price["crm_id"] = [f"PBE-{i:08d}" for i in range(npr)]
+    price["crm_active"] = ~expired  # the CRM already retired most expired contracts
+
+    # ------------------------------------------------------------------ inventory (the truth)
+    inv = pd.DataFrame({"sku": np.repeat(prod["sku"].to_numpy(), len(WAREHOUSES)),
+                        "location": np.tile(WAREHOUSES, nk)})
+    ni = len(inv)
+    inv["on_hand"] = rng.integers(0, 5000, ni)
+    inv["allocated"] = (inv["on_hand"] * rng.uniform(0, 0.5, ni)).astype(int)
+    inv["reserved"] = (inv["on_hand"] * rng.uniform(0, 0.1, ni)).astype(int)
+    inv["in_transit"] = rng.integers(0, 300, ni)
+    inv["returns"] = rng.integers(0, 20, ni)
+    inv["updated_at"] = _ts(now, rng, ni, days=2)
+
+    # ================================================================== system copies
+    erp_c = cust.copy()
+    crm_c = cust[in_crm].copy()
+    wms_c = cust[cust["role"] == "ship_to"].copy()
+    erp_p, crm_p, wms_p = prod.copy(), prod.copy(), prod.copy()
+    erp_pr, crm_pr = price.copy(), price.copy()
+    erp_i, wms_i = inv.copy(), inv.copy()
+
+    # formatting noise that normalisation must see through (never a discrepancy)
+    noisy = rng.random(len(crm_c)) < 0.3
+    crm_c.loc[noisy, "name"] = crm_c.loc[noisy, "name"].str.upper()
+    crm_c.loc[rng.random(len(crm_c)) < 0.3, "email"] = crm_c["email"].str.upper()
+    wms_c["name"] = "  " + wms_c["name"] + " "
+    fine = rng.random(len(crm_pr)) < 0.1
+    crm_pr.loc[fine, "price"] = crm_pr.loc[fine, "price"] + 0.001  # inside the price tolerance
+    wms_p["weight"] = np.round(wms_p["weight"] * 1.004, 3)  # inside the 1% weight tolerance
+
+    # ------------------------------------------------------------------ injected discrepancies
+    def pick(frame: pd.DataFrame, n: int, mask=None, used: set | None = None) -> pd.Index:
+        cand = frame.index if mask is None else frame.index[mask]
+        if used:
+            cand = cand[~cand.isin(list(used))]
+        chosen = pd.Index(rng.choice(cand, min(n, len(cand)), replace=False))
+        if used is not None:
+            used.update(chosen)
+        return chosen
+
+    used_c: set = set()
+    # CRM contact edits (email, phone) not yet in the ERP: the ERP must take them
+    idx = pick(crm_c, n_of(len(crm_c)), used=used_c)
+    crm_c.loc[idx, "email"] = "purchasing." + crm_c.loc[idx, "erp"].str.slice(1) + "@newdomain.example.com"
+    truth.add("crm_email_edit", "customer", "erp", crm_c.loc[idx, "erp"], "email", crm_c.loc[idx, "email"])
+    idx = pick(crm_c, n_of(len(crm_c)), used=used_c)
+    new_local = rng.integers(2000000, 9999999, len(idx))
+    crm_c.loc[idx, "phone_national"] = [p[:-7] + f"{l:07d}" for p, l in zip(crm_c.loc[idx, "phone_national"], new_local)]
+    crm_c.loc[idx, "phone"] = ["+" + COUNTRIES[c][4] + p for c, p in zip(crm_c.loc[idx, "country"], crm_c.loc[idx, "phone_national"])]
+    truth.add("crm_phone_edit", "customer", "erp", crm_c.loc[idx, "erp"], "phone", crm_c.loc[idx, "phone"])
+    # CRM address edit on ship-tos: the ERP and the WMS must both take it
+    idx = pick(crm_c, n_of(len(crm_c)), crm_c["role"] == "ship_to", used=used_c)
+    crm_c.loc[idx, "street"] = [f"{k} Distribution Way" for k in rng.integers(1, 9999, len(idx))]
+    truth.add("crm_address_edit", "customer", "erp", crm_c.loc[idx, "erp"], "address_line1", crm_c.loc[idx, "street"])
+    truth.add("crm_address_edit", "customer", "wms", crm_c.loc[idx, "erp"], "address_line1", crm_c.loc[idx, "street"])
+    # ERP credit status and terms changes the CRM has not seen
+    idx = pick(erp_c, n_of(len(crm_c)), erp_c["crm_id"].notna() & (erp_c["credit_status"] == "ok"), used=used_c)
+    erp_c.loc[idx, "credit_status"] = "hold"
+    truth.add("erp_credit_status", "customer", "crm", erp_c.loc[idx, "crm_id"], "credit_status", "hold")
+    idx = pick(erp_c, n_of(len(crm_c)), erp_c["crm_id"].notna() & (erp_c["terms"] != "prepaid"), used=used_c)
+    erp_c.loc[idx, "terms"] = "prepaid"
+    truth.add("erp_payment_terms", "customer", "crm", erp_c.loc[idx, "crm_id"], "payment_terms", "prepaid")
+    # a ship-to address the WMS has wrong
+    idx = pick(wms_c, n_of(len(wms_c)), used=used_c)
+    truth.add("wms_ship_to_address", "customer", "wms", wms_c.loc[idx, "erp"], "address_line1", wms_c.loc[idx, "street"])
+    wms_c.loc[idx, "street"] = [f"{k} Old Warehouse Rd" for k in rng.integers(1, 9999, len(idx))]
+    # a customer created in the CRM and missing in the ERP
+    n_new = n_of(ns, drift / 2)
+    new = sold.sample(n_new, random_state=seed).copy()
+    new["crm_id"] = [f"ACC-9{i:06d}" for i in range(n_new)]
+    new = cust[cust["erp"].isin(new["erp"])].assign(crm_id=new["crm_id"].to_numpy())
+    new["erp"] = None
+    new["name"] = "New " + new["name"]
+    new["updated_at"] = now.strftime("%Y-%m-%d %H:%M:%S")
+    crm_c = pd.concat([crm_c, new], ignore_index=True)
+    for cid in new["crm_id"]:
+        gid = golden_id_for("customer", f"~crm:{cid}")
+        truth.add("crm_customer_missing_in_erp", "customer", "erp", [gid], "*", "*", action="create")
+        truth.add("crm_customer_missing_in_erp", "customer", "crm", [cid], "match_key", gid)
+
+    used_p: set = set()
+    # product description drift in the CRM and in the WMS
+    idx = pick(crm_p, n_of(nk), used=used_p)
+    truth.add("crm_description_drift", "product", "crm", crm_p.loc[idx, "crm_id"], "description", crm_p.loc[idx, "description"])
+    crm_p.loc[idx, "description"] = crm_p.loc[idx, "description"] + " (old)"
+    idx = pick(wms_p, n_of(nk), used=used_p)
+    truth.add("wms_description_drift", "product", "wms", wms_p.loc[idx, "sku"], "description", wms_p.loc[idx, "description"])
+    wms_p.loc[idx, "description"] = "OLD " + wms_p.loc[idx, "description"]
+    # a product discontinued in the ERP and still active in the CRM
+    idx = pick(erp_p, n_of(nk), erp_p["status"] == "active", used=used_p)
+    erp_p.loc[idx, "status"] = "discontinued"
+    wms_p.loc[idx, "status"] = "discontinued"
+    truth.add("crm_active_erp_discontinued", "product", "crm", crm_p.loc[idx, "crm_id"], "status", "discontinued")
+    # unit of measure mismatches: the CRM sells it by the case, the WMS counts another case size
+    idx = pick(crm_p, n_of(nk), used=used_p)
+    crm_p.loc[idx, "uom"] = "CS"
+    truth.add("crm_uom_case_vs_each", "product", "crm", crm_p.loc[idx, "crm_id"], "base_uom", "EA")
+    idx = pick(wms_p, n_of(nk), used=used_p)
+    truth.add("wms_case_qty", "product", "wms", wms_p.loc[idx, "sku"], "case_qty", wms_p.loc[idx, "case_qty"].astype(str))
+    wms_p.loc[idx, "case_qty"] = wms_p.loc[idx, "case_qty"] * 2
+
+    used_pr: set = set()
+    # price book beyond tolerance
+    idx = pick(crm_pr, n_of(npr), ~fine, used=used_pr)
+    truth.add("price_beyond_tolerance", "price", "crm", crm_pr.loc[idx, "crm_id"], "unit_price",
+              [f"{v:.4f}" for v in crm_pr.loc[idx, "price"]])
+    crm_pr.loc[idx, "price"] = np.round(crm_pr.loc[idx, "price"] * 1.05 + 0.5, 2)
+    # an expired contract still live in the CRM
+    idx = pick(crm_pr, n_of(int(expired.sum()), 0.2), expired, used=used_pr)
+    crm_pr.loc[idx, "crm_active"] = True
+    truth.add("expired_contract_live_in_crm", "price", "crm", crm_pr.loc[idx, "crm_id"], "active", "false")
+
+    # ERP on-hand differing from the WMS physical count: the ERP takes an adjustment
+    idx = pick(erp_i, n_of(ni))
+    erp_i.loc[idx, "on_hand"] = erp_i.loc[idx, "on_hand"] + rng.choice([-1, 1], len(idx)) * rng.integers(1, 50, len(idx))
+    erp_i.loc[idx, "on_hand"] = erp_i.loc[idx, "on_hand"].clip(lower=0)
+    changed = erp_i.loc[idx, "on_hand"] != wms_i.loc[idx, "on_hand"]
+    idx = idx[changed.to_numpy()]
+    truth.add("on_hand_vs_physical_count", "inventory", "erp",
+              erp_i.loc[idx, "sku"] + "|" + erp_i.loc[idx, "location"], "on_hand", wms_i.loc[idx, "on_hand"].astype(str))
+
+    # ================================================================== write the systems
+    _write_erp(root / "erp.sqlite", erp_c, erp_p, erp_pr, erp_i)
+    _write_crm(root / "crm" / "crm.sqlite", crm_c, crm_p, crm_pr, crm_of)
+    _write_wms(root / "wms", wms_c, wms_p, wms_i, now)
+    gt = truth.frame()
+    gt.to_csv(root / "ground_truth.csv", index=False)
+    meta = {"seed": seed, "scale": scale, "today": today.isoformat(), "drift": drift,
+            "sizes": {"customers_erp": len(erp_c), "accounts_crm": len(crm_c), "ship_tos_wms": len(wms_c),
+                      "products": nk, "prices_erp": len(erp_pr), "inventory_rows": ni},
+            "discrepancies": int(len(gt)), "by_kind": gt["kind"].value_counts().sort_index().to_dict()}
+    (root / "landscape.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+ERP_DDL = """
+CREATE TABLE erp_customer (customer_number TEXT PRIMARY KEY, account_group TEXT NOT NULL,
+  parent_number TEXT, name TEXT, tax_id TEXT, street TEXT, street2 TEXT, city TEXT, region TEXT,
+  postal_code TEXT, country TEXT, email TEXT, phone TEXT, credit_status TEXT, credit_limit NUMERIC(18,2),
+  payment_terms TEXT, currency TEXT, company_code TEXT, is_active INTEGER, updated_at TIMESTAMP);
+CREATE TABLE erp_item (item_number TEXT PRIMARY KEY, gtin TEXT, mpn TEXT, description TEXT, base_uom TEXT,
+  case_qty INTEGER, pallet_qty INTEGER, weight_kg NUMERIC(12,4), status TEXT, category TEXT, updated_at TIMESTAMP);
+CREATE TABLE erp_price (price_list TEXT, item_number TEXT, uom TEXT, min_qty INTEGER, currency TEXT,
+  unit_price NUMERIC(18,4), valid_from DATE, valid_to DATE, is_promo INTEGER, is_active INTEGER,
+  updated_at TIMESTAMP, PRIMARY KEY (price_list, item_number, uom, min_qty));
+CREATE TABLE erp_stock (item_number TEXT, warehouse TEXT, on_hand BIGINT, allocated BIGINT,
+  updated_at TIMESTAMP, PRIMARY KEY (item_number, warehouse));
+CREATE TABLE erp_stock_adjustment (adjustment_id INTEGER PRIMARY KEY AUTOINCREMENT, item_number TEXT,
+  warehouse TEXT, quantity BIGINT, reason TEXT, reference TEXT, posted_at TIMESTAMP);
+CREATE VIEW erp_stock_position AS
+  SELECT s.item_number, s.warehouse, s.on_hand + COALESCE(a.qty, 0) AS on_hand, s.allocated,
+         CASE WHEN a.last_posted > s.updated_at THEN a.last_posted ELSE s.updated_at END AS updated_at
+  FROM erp_stock s LEFT JOIN (SELECT item_number, warehouse, SUM(quantity) AS qty, MAX(posted_at) AS last_posted
+                              FROM erp_stock_adjustment GROUP BY item_number, warehouse) a
+    ON a.item_number = s.item_number AND a.warehouse = s.warehouse;
+"""
+
+
+def _write_erp(path: Path, c: pd.DataFrame, p: pd.DataFrame, pr: pd.DataFrame, i: pd.DataFrame) -> None:
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(ERP_DDL)
+        db.executemany("INSERT INTO erp_customer VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", zip(
+            c["erp"], c["role"].map(ROLE_ERP), c["parent"], c["name"], c["tax_id"], c["street"], c["street2"],
+            c["city"], c["region"], c["postal"], c["country"], c["email"], c["phone"],
+            c["credit_status"].map(lambda v: CREDIT[v][0]), c["credit_limit"], c["terms"].map(lambda v: TERMS[v][0]),
+            c["currency"], c["company"], [1] * len(c), c["updated_at"]))
+        db.executemany("INSERT INTO erp_item VALUES (?,?,?,?,?,?,?,?,?,?,?)", zip(
+            p["sku"], p["gtin"], p["mpn"], p["description"], ["EA"] * len(p), p["case_qty"].astype(int).tolist(),
+            p["pallet_qty"].astype(int).tolist(), [f"{w:.3f}" for w in p["weight"]],
+            p["status"].map({"active": "A", "discontinued": "D"}), p["category"], p["updated_at"]))
+        db.executemany("INSERT INTO erp_price VALUES (?,?,?,?,?,?,?,?,?,?,?)", zip(
+            pr["price_list"], pr["sku"], pr["uom"], pr["min_qty"].astype(int).tolist(), pr["currency"],
+            [f"{v:.4f}" for v in pr["price"]], pr["valid_from"], pr["valid_to"], pr["promo"].astype(int).tolist(),
+            [1] * len(pr), pr["updated_at"]))
+        db.executemany("INSERT INTO erp_stock VALUES (?,?,?,?,?)", zip(
+            i["sku"], i["location"], i["on_hand"].astype(int).tolist(), i["allocated"].astype(int).tolist(),
+            i["updated_at"]))
+        db.commit()
+
+
+def _crm_phone(country: str, national: str) -> str:
+    if country == "DE":
+        return f"0{national[:2]} {national[2:]}"
+    return f"({national[:3]}) {national[3:6]}-{national[6:]}"
+
+
+def _write_crm(path: Path, c: pd.DataFrame, p: pd.DataFrame, pr: pd.DataFrame, crm_of: dict) -> None:
+    init_db(path)
+    iso = lambda s: s.str.replace(" ", "T") + "Z"  # noqa: E731
+    with closing(sqlite3.connect(path)) as db:
+        db.executemany("INSERT INTO accounts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", zip(
+            c["crm_id"], c["erp"], c["name"], c["role"].map(ROLE_CRM),
+            [crm_of.get(x) if x else None for x in c["parent"]], c["street"], c["street2"], c["city"],
+            c["region"].str.lower(), c["postal"], c["country"].map(lambda k: COUNTRIES[k][0]), c["email"],
+            [_crm_phone(k, n) for k, n in zip(c["country"], c["phone_national"])],
+            c["credit_status"].map(lambda v: CREDIT[v][1]), c["terms"].map(lambda v: TERMS[v][1]),
+            ["true"] * len(c), ["false"] * len(c), iso(c["updated_at"])))
+        db.executemany("INSERT INTO products VALUES (?,?,?,?,?,?,?,?)", zip(
+            p["crm_id"], p["sku"], p["description"], p.get("uom", pd.Series("EA", p.index)).fillna("EA").map(
+                {"EA": "Each", "CS": "Case"}),
+            p["status"].map({"active": "Active", "discontinued": "Inactive"}), p["category"],
+            ["false"] * len(p), iso(p["updated_at"])))
+        db.executemany("INSERT INTO pricebook VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", zip(
+            pr["crm_id"], pr["price_list"], pr["sku"], pr["uom"].map({"EA": "Each", "CS": "Case"}), pr["currency"],
+            [f"{v:.4f}".rstrip("0").rstrip(".") for v in pr["price"]], pr["min_qty"].astype(str),
+            pr["valid_from"], pr["valid_to"], pr["crm_active"].map({True: "true", False: "false"}),
+            ["false"] * len(pr), iso(pr["updated_at"])))
+        db.commit()
+
+
+def _write_wms(root: Path, c: pd.DataFrame, p: pd.DataFrame, i: pd.DataFrame, now: datetime) -> None:
+    wms = WmsSandbox(root)
+    s = lambda x: pa.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in x], pa.string())  # noqa: E731
+    wms.save("ship_to", pa.table({
+        "ship_to_code": s(c["erp"]), "name": s(c["name"]), "address1": s(c["street"]),
+        "address2": s(c["street2"]), "city": s(c["city"]), "state": s(c["region"]), "postal": s(c["postal"]),
+        "country": s(c["country"].map(lambda k: COUNTRIES[k][1])), "updated_at": s(c["updated_at"])}))
+    wms.save("items", pa.table({
+        "sku": s(p["sku"]), "gtin": s(p["gtin"]), "description": s(p["description"]),
+        "case_qty": s(p["case_qty"].astype(int)), "weight_kg": s([f"{w:.3f}" for w in p["weight"]]),
+        "status": s(p["status"].map({"active": "ACTIVE", "discontinued": "INACTIVE"})),
+        "updated_at": s(p["updated_at"])}))
+    wms.save("stock", pa.table({
+        "sku": s(i["sku"]), "location": s(i["location"]), "on_hand": s(i["on_hand"].astype(int)),
+        "reserved": s(i["reserved"].astype(int)), "in_transit": s(i["in_transit"].astype(int)),
+        "returns_pending": s(i["returns"].astype(int)), "counted_at": s(i["updated_at"])}))
+    wms.export(now - timedelta(hours=2))

@@ -1,0 +1,320 @@
+"""User-editable configuration: the systems and their field mappings (systems.yaml) and the
+system-of-record rules (rules.yaml), loaded into validated models.
+
+A file with an unknown system, field, transform or strategy is rejected at load with a message
+that names the file, the line and the entry.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trueup.model import DOMAINS
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+TRANSFORMS = (
+    "trim", "upper", "lower", "phone_e164", "country_iso2", "decimal2", "decimal4", "integer",
+    "date", "timestamp", "boolean",
+)
+Severity = Literal["low", "medium", "high", "critical"]
+Action = Literal["update", "adjust", "deactivate", "flag"]
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used, with the place that is wrong."""
+
+
+def identifier(value: str) -> str:
+    """A table, column or resource name from config: letters, digits and underscores only, so it
+    can never smuggle SQL or a path into a statement."""
+    if not IDENTIFIER.match(value):
+        raise ValueError(f"{value!r} is not a valid identifier (letters, digits, underscore)")
+    return value
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- systems.yaml
+
+
+class FieldMap(Strict):
+    column: str
+    transform: Literal[TRANSFORMS] | None = None  # type: ignore[valid-type]
+    map: dict[str, str] | None = None
+
+    _check_column = field_validator("column")(lambda cls, v: identifier(v))
+
+    @field_validator("map")
+    @classmethod
+    def _one_to_one(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None and len(set(v.values())) != len(v):
+            raise ValueError("a code map must be one-to-one so corrections can be translated back")
+        return v
+
+
+class Adjustments(Strict):
+    """Where a system takes stock adjustments instead of overwrites of on-hand."""
+
+    table: str
+    quantity: str
+    reason: str
+    reference: str
+    posted_at: str
+
+    @model_validator(mode="after")
+    def _identifiers(self) -> "Adjustments":
+        for v in self.model_dump().values():
+            identifier(v)
+        return self
+
+
+class EntityMap(Strict):
+    table: str | None = None  # sql
+    resource: str | None = None  # rest
+    file: str | None = None  # files
+    key: str | list[str]
+    updated_at: str | None = None
+    create_key: Literal["golden_id"] | None = None
+    adjustments: Adjustments | None = None
+    fields: dict[str, FieldMap]
+
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: ({"column": c} if isinstance(c, str) else c) for k, c in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _identifiers(self) -> "EntityMap":
+        for name in (self.table, self.resource, self.file, self.updated_at, *self.key_columns):
+            if name is not None:
+                identifier(name)
+        return self
+
+    @property
+    def key_columns(self) -> list[str]:
+        return [self.key] if isinstance(self.key, str) else list(self.key)
+
+    @property
+    def location(self) -> str:
+        return self.table or self.resource or self.file or ""
+
+    def column_for(self, canonical: str) -> str | None:
+        f = self.fields.get(canonical)
+        return f.column if f else None
+
+
+class SystemConfig(Strict):
+    kind: Literal["sql", "rest", "files"]
+    description: str = ""
+    entities: dict[str, EntityMap]
+
+    @model_validator(mode="after")
+    def _entities(self) -> "SystemConfig":
+        for entity, em in self.entities.items():
+            if entity not in DOMAINS:
+                raise ValueError(f"unknown entity {entity!r}; known: {sorted(DOMAINS)}")
+            wanted = {"sql": em.table, "rest": em.resource, "files": em.file}[self.kind]
+            if wanted is None:
+                where = {"sql": "table", "rest": "resource", "files": "file"}[self.kind]
+                raise ValueError(f"entity {entity!r} of a {self.kind} system needs `{where}`")
+            domain = DOMAINS[entity]
+            known = set(domain.field_names) | {"match_key"}
+            for canonical in em.fields:
+                if canonical not in known:
+                    raise ValueError(
+                        f"entity {entity!r}: unknown canonical field {canonical!r}; "
+                        f"known: {sorted(known)}"
+                    )
+            if not domain.natural_key and "match_key" not in em.fields:
+                raise ValueError(f"entity {entity!r} needs a `match_key` mapping")
+            missing = [k for k in domain.natural_key if k not in em.fields]
+            if missing:
+                raise ValueError(f"entity {entity!r} must map its natural key fields {missing}")
+        return self
+
+
+class SystemsConfig(Strict):
+    systems: dict[str, SystemConfig]
+
+    @field_validator("systems")
+    @classmethod
+    def _names(cls, v: dict[str, SystemConfig]) -> dict[str, SystemConfig]:
+        for name in v:
+            identifier(name)
+        return v
+
+    def entity(self, system: str, entity: str) -> EntityMap:
+        return self.systems[system].entities[entity]
+
+    def systems_with(self, entity: str) -> list[str]:
+        return [s for s, c in self.systems.items() if entity in c.entities]
+
+
+# ---------------------------------------------------------------- rules.yaml
+
+
+class Tolerance(Strict):
+    abs: float | None = Field(default=None, ge=0)
+    rel: float | None = Field(default=None, ge=0)
+    normalize: list[Literal["trim", "casefold", "collapse_space"]] = []
+
+
+class FieldRule(Strict):
+    owner: str
+    fallback: list[str] = []
+    strategy: Literal["priority", "most_recent", "most_complete"] = "priority"
+    tolerance: Tolerance | None = None
+    targets: dict[str, Action] = {}
+    severity: Severity = "medium"
+
+    @model_validator(mode="after")
+    def _owner_not_target(self) -> "FieldRule":
+        if self.owner in self.targets:
+            raise ValueError(f"the owner {self.owner!r} cannot also be a correction target")
+        if self.owner in self.fallback:
+            raise ValueError(f"the owner {self.owner!r} is listed again in fallback")
+        return self
+
+
+class CreateRule(Strict):
+    roles: list[str] | None = None
+    severity: Severity = "high"
+
+
+class XrefRule(Strict):
+    """A system that stores another system's key as its cross-reference."""
+
+    system: str
+    field: Literal["match_key"] = "match_key"
+    refers_to: str
+    severity: Severity = "high"
+
+
+class AtpPolicy(Strict):
+    include_in_transit: bool = False
+    include_returns: bool = False
+
+
+class Atp(Strict):
+    default: AtpPolicy = AtpPolicy()
+    locations: dict[str, AtpPolicy] = {}
+
+
+class DomainRules(Strict):
+    fields: dict[str, FieldRule]
+    create_in: dict[str, CreateRule] = {}
+    xref: XrefRule | None = None
+    expire_after_valid_to: bool = False
+    atp: Atp | None = None
+
+
+class RulesConfig(Strict):
+    version: Literal[1] = 1
+    domains: dict[str, DomainRules]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """Map every path in a YAML document to the line it starts on (1-based)."""
+    out = {} if out is None else out
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            out[path + (k.value,)] = k.start_mark.line + 1
+            _line_index(v, path + (k.value,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _line_index(v, path + (i,), out)
+    return out
+
+
+def _load(path: Path, model: type[BaseModel]) -> Any:
+    text = Path(path).read_text()
+    try:
+        data = yaml.safe_load(text)
+        lines = _line_index(yaml.compose(text)) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            # the deepest path that exists in the file gives the line
+            line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines), "?")
+            where = ".".join(str(p) for p in loc) or "(top)"
+            problems.append(f"{path}:{line}: {where}: {err['msg']}")
+        raise ConfigError("\n".join(problems)) from None
+
+
+def load_systems(path: str | Path) -> SystemsConfig:
+    return _load(Path(path), SystemsConfig)
+
+
+def load_rules(path: str | Path, systems: SystemsConfig) -> RulesConfig:
+    """Load the rules and check them against the systems: every system named must exist and map
+    the field (or the entity) it is named for."""
+    rules: RulesConfig = _load(Path(path), RulesConfig)
+    lines = _line_index(yaml.compose(Path(path).read_text()))
+    problems = []
+
+    def bad(loc: tuple, msg: str) -> None:
+        line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines), "?")
+        problems.append(f"{path}:{line}: {'.'.join(map(str, loc))}: {msg}")
+
+    for dname, drules in rules.domains.items():
+        if dname not in DOMAINS:
+            bad(("domains", dname), f"unknown domain; known: {sorted(DOMAINS)}")
+            continue
+        holders = systems.systems_with(dname)
+        for fname, rule in drules.fields.items():
+            loc = ("domains", dname, "fields", fname)
+            if fname not in DOMAINS[dname].field_names:
+                bad(loc, f"unknown field of {dname}")
+                continue
+            for s in [rule.owner, *rule.fallback, *rule.targets]:
+                if s not in systems.systems:
+                    bad(loc, f"unknown system {s!r}; known: {sorted(systems.systems)}")
+                elif s not in holders:
+                    bad(loc, f"system {s!r} has no {dname} entity")
+            for s, action in rule.targets.items():
+                if s in holders and fname not in systems.entity(s, dname).fields:
+                    bad(loc, f"target {s!r} does not map field {fname!r}")
+                if action == "adjust" and s in holders and systems.entity(s, dname).adjustments is None:
+                    bad(loc, f"target {s!r} takes `adjust` but its {dname} entity has no `adjustments`")
+        for s in drules.create_in:
+            if s not in holders:
+                bad(("domains", dname, "create_in", s), f"system {s!r} has no {dname} entity")
+        if drules.xref:
+            for s in (drules.xref.system, drules.xref.refers_to):
+                if s not in holders:
+                    bad(("domains", dname, "xref"), f"system {s!r} has no {dname} entity")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return rules
+
+
+class Config(BaseModel):
+    """Systems and rules together, as the engine uses them."""
+
+    model_config = ConfigDict(frozen=True)
+    systems: SystemsConfig
+    rules: RulesConfig
+
+    @classmethod
+    def load(cls, config_dir: str | Path) -> "Config":
+        d = Path(config_dir)
+        systems = load_systems(d / "systems.yaml")
+        return cls(systems=systems, rules=load_rules(d / "rules.yaml", systems))

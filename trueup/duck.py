@@ -1,0 +1,27 @@
+"""DuckDB helpers shared by the engine."""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+
+def connect() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB in UTC: the engine's columnar workbench."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def fetch(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:
+    """Run a query and return its rows as an Arrow table, without the DB-API copy."""
+    rel = con.sql(sql, params=params) if params else con.sql(sql)
+    if rel is None:  # a statement, not a query
+        return pa.table({})
+    to_arrow = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table  # renamed in DuckDB 2
+    return to_arrow()
+
+
+def q(identifier: str) -> str:
+    """Quote an identifier that config validation has already restricted to [A-Za-z0-9_]."""
+    return '"' + identifier.replace('"', '""') + '"'

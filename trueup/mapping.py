@@ -1,0 +1,231 @@
+"""From a system's own columns to the canonical model.
+
+One DuckDB statement per extract does the whole mapping: code translation, text normalisation,
+country and phone normalisation (joins against reference tables), type parsing with TRY_CAST, and
+lineage columns. Values that cannot be read are not guessed: each one becomes an *issue* naming
+the system, entity, key, field and column, and the row is held out of reconciliation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+from trueup.config import EntityMap
+from trueup.duck import connect, fetch, q
+from trueup.lookups import calling_codes, countries
+from trueup.model import DOMAINS, Domain
+
+ISSUE_SCHEMA = pa.schema(
+    [
+        pa.field("source_system", pa.string()),
+        pa.field("entity", pa.string()),
+        pa.field("source_key", pa.string()),
+        pa.field("match_key", pa.string()),
+        pa.field("field", pa.string()),
+        pa.field("column", pa.string()),
+        pa.field("problem", pa.string()),
+        pa.field("severity", pa.string()),  # error: held out of reconciliation; warn: reported only
+    ]
+)
+
+
+class SchemaDriftError(ValueError):
+    """An extract that no longer has the columns its mapping reads."""
+
+    def __init__(self, system: str, entity: str, missing: list[str], present: list[str]):
+        self.system, self.entity, self.missing = system, entity, missing
+        super().__init__(
+            f"{system}.{entity}: mapped column(s) {missing} missing from the extract "
+            f"(columns present: {present})"
+        )
+
+
+@dataclass
+class Mapped:
+    staged: pa.Table  # canonical rows, every row of the extract with a key
+    issues: pa.Table  # one row per value that could not be read (ISSUE_SCHEMA)
+
+
+def _typed(domain: Domain, field: str, v: str) -> str:
+    """SQL that parses text/number `v` into the canonical type of `field` (NULL if unreadable)."""
+    t = domain.type_of(field)
+    if pa.types.is_decimal(t):
+        return f"TRY_CAST(NULLIF(trim(CAST({v} AS VARCHAR)), '') AS DECIMAL({t.precision},{t.scale}))"
+    if pa.types.is_integer(t):
+        return f"TRY_CAST(TRY_CAST(NULLIF(trim(CAST({v} AS VARCHAR)), '') AS DECIMAL(38,6)) AS BIGINT)"
+    if pa.types.is_boolean(t):
+        s = f"lower(trim(CAST({v} AS VARCHAR)))"
+        return (f"CASE WHEN {s} IN ('1','true','t','y','yes') THEN TRUE "
+                f"WHEN {s} IN ('0','false','f','n','no') THEN FALSE END")
+    if pa.types.is_date(t):
+        return f"TRY_CAST(NULLIF(trim(CAST({v} AS VARCHAR)), '') AS DATE)"
+    if pa.types.is_timestamp(t):
+        return _timestamp(v)
+    return f"NULLIF(trim(CAST({v} AS VARCHAR)), '')"
+
+
+def _timestamp(v: str) -> str:
+    # naive source timestamps are UTC by convention; aware ones keep their offset
+    return f"TRY_CAST(NULLIF(trim(CAST({v} AS VARCHAR)), '') AS TIMESTAMPTZ)"
+
+
+def to_canonical(
+    raw: pa.Table,
+    *,
+    system: str,
+    entity: str,
+    mapping: EntityMap,
+    extracted_at: datetime | None = None,
+) -> Mapped:
+    """Map one system's extract of one entity onto the canonical model."""
+    domain = DOMAINS[entity]
+    extracted_at = extracted_at or datetime.now(timezone.utc)
+    needed = set(mapping.key_columns) | {f.column for f in mapping.fields.values()}
+    if mapping.updated_at:
+        needed.add(mapping.updated_at)
+    missing = sorted(needed - set(raw.column_names))
+    if missing:
+        raise SchemaDriftError(system, entity, missing, raw.column_names)
+
+    params: list = []
+
+    def p(value) -> str:
+        params.append(value)
+        return f"${len(params)}"
+
+    select, bad, phone_fields = [], {}, {}
+    joins = []
+    for field, fm in mapping.fields.items():
+        src = f"src.{q(fm.column)}"
+        if field == "match_key":
+            select.append(f"NULLIF(trim(CAST({src} AS VARCHAR)), '') AS match_key")
+            continue
+        text = f"NULLIF(trim(CAST({src} AS VARCHAR)), '')"
+        if fm.map:
+            cases = " ".join(f"WHEN {p(k)} THEN {p(v)}" for k, v in fm.map.items())
+            expr = f"CASE {text} {cases} END"
+            bad[field] = (fm.column, f"({text} IS NOT NULL AND ({expr}) IS NULL)", "unknown code")
+        elif fm.transform == "country_iso2":
+            alias = f"cty_{len(joins)}"
+            joins.append(f"LEFT JOIN countries AS {alias} ON {alias}.spelling = lower({text})")
+            expr = f"{alias}.alpha2"
+            bad[field] = (fm.column, f"({text} IS NOT NULL AND {expr} IS NULL)", "unknown country")
+        elif fm.transform == "phone_e164":
+            phone_fields[field] = fm.column
+            select.append(f"{text} AS {q('__phone_' + field)}")
+            continue
+        else:
+            if fm.transform == "upper":
+                text = f"upper({text})"
+            elif fm.transform == "lower":
+                text = f"lower({text})"
+            elif fm.transform == "trim":
+                text = f"NULLIF(regexp_replace({text}, '\\s+', ' ', 'g'), '')"
+            expr = _typed(domain, field, text)
+            if not pa.types.is_string(domain.type_of(field)):
+                bad[field] = (fm.column, f"({text} IS NOT NULL AND ({expr}) IS NULL)",
+                              f"not a valid {domain.type_of(field)}")
+        select.append(f"{expr} AS {q(field)}")
+    for field, (_, cond, _) in bad.items():
+        select.append(f"{cond} AS {q('__bad_' + field)}")
+
+    key_cols = mapping.key_columns
+    key_expr = "concat_ws('|', " + ", ".join(f"trim(CAST(src.{q(k)} AS VARCHAR))" for k in key_cols) + ")"
+    null_key = " OR ".join(f"NULLIF(trim(CAST(src.{q(k)} AS VARCHAR)), '') IS NULL" for k in key_cols)
+    updated = _timestamp(f"src.{q(mapping.updated_at)}") if mapping.updated_at else "NULL::TIMESTAMPTZ"
+
+    con = connect()
+    con.register("src_raw", raw)
+    con.register("countries", countries())
+    con.register("calling_codes", calling_codes())
+    stage_a = (
+        f"SELECT CASE WHEN {null_key} THEN NULL ELSE {key_expr} END AS source_key, "
+        f"{updated} AS source_updated_at, " + ", ".join(select) +
+        " FROM src_raw AS src " + " ".join(joins)
+    )
+    # phone numbers need the row's (already normalised) country for their calling code
+    phone_select = []
+    for field in phone_fields:
+        raw_col = f"a.{q('__phone_' + field)}"
+        digits = f"regexp_replace(regexp_replace({raw_col}, '\\s*(x|ext\\.?)\\s*[0-9]+$', '', 'i'), '[^0-9]', '', 'g')"
+        e164 = (
+            f"CASE WHEN {raw_col} IS NULL THEN NULL "
+            f"WHEN {raw_col} LIKE '+%' THEN '+' || {digits} "
+            f"WHEN {digits} LIKE '00%' THEN '+' || substr({digits}, 3) "
+            f"WHEN cc.calling_code = '1' AND length({digits}) = 11 AND {digits} LIKE '1%' THEN '+' || {digits} "
+            f"WHEN cc.calling_code IS NOT NULL THEN '+' || cc.calling_code || ltrim({digits}, '0') END"
+        )
+        phone_select.append(f"{e164} AS {q(field)}")
+        phone_select.append(
+            f"({raw_col} IS NOT NULL AND NOT coalesce(regexp_full_match({e164}, '\\+[1-9][0-9]{{6,14}}'), FALSE)) "
+            f"AS {q('__bad_' + field)}"
+        )
+        bad[field] = (phone_fields[field], None, "not a phone number that can be written as E.164")
+    country_ref = "a.country" if "country" in mapping.fields else "NULL"
+    key_fields = list(domain.natural_key)
+    match_expr = (
+        "CASE WHEN " + " OR ".join(f"a.{q(k)} IS NULL" for k in key_fields) + " THEN NULL ELSE "
+        "concat_ws('|', " + ", ".join(f"CAST(a.{q(k)} AS VARCHAR)" for k in key_fields) + ") END"
+        if key_fields else "a.match_key"
+    )
+    out_cols = [f"a.{q(f)}" if f in mapping.fields and f not in phone_fields else
+                (f"NULL::{_sql_type(domain, f)} AS {q(f)}" if f not in phone_fields else q(f))
+                for f in domain.field_names]
+    sql = (
+        f"WITH a AS ({stage_a}), b AS (SELECT a.*, " + (", ".join(phone_select) + ", " if phone_select else "")
+        + f"count(*) OVER (PARTITION BY a.source_key) AS __dupes FROM a "
+        + (f"LEFT JOIN calling_codes AS cc ON cc.alpha2 = {country_ref}" if phone_select else "")
+        + f") SELECT {p(system)} AS source_system, b.source_key, "
+        + match_expr.replace("a.", "b.") + " AS match_key, "
+        + f"{p(extracted_at)}::TIMESTAMPTZ AS extracted_at, b.source_updated_at, "
+        + ", ".join(c.replace("a.", "b.") for c in out_cols)
+        + (", " + ", ".join(f"b.{q('__bad_' + f)}" for f in bad) if bad else "")
+        + ", b.__dupes FROM b"
+    )
+    table = fetch(con, sql, params)
+
+    # issues: unreadable values, rows without a key, keys that occur more than once
+    con.register("mapped", table)
+    parts = []
+    for field, (column, _, problem) in bad.items():
+        parts.append(
+            f"SELECT source_key, match_key, '{field}' AS field, '{column}' AS \"column\", "
+            f"'{problem}' AS problem FROM mapped WHERE {q('__bad_' + field)}"
+        )
+    parts.append("SELECT source_key, match_key, NULL, NULL, 'no key' FROM mapped WHERE source_key IS NULL")
+    parts.append(
+        "SELECT source_key, match_key, NULL, NULL, 'duplicate key (' || __dupes || ' rows)' "
+        "FROM mapped WHERE source_key IS NOT NULL AND __dupes > 1"
+    )
+    issues = fetch(
+        con,
+        "SELECT ? AS source_system, ? AS entity, coalesce(source_key, '<no key>') AS source_key, "
+        "match_key, field, \"column\", problem, 'error' AS severity FROM ("
+        + " UNION ALL ".join(parts) + ")",
+        [system, entity],
+    )
+    staged = fetch(
+        con,
+        "SELECT * EXCLUDE (__dupes" + "".join(f", {q('__bad_' + f)}" for f in bad) + ") "
+        "FROM mapped WHERE source_key IS NOT NULL",
+    )
+    con.close()
+    return Mapped(staged=staged.cast(domain.schema), issues=issues.cast(ISSUE_SCHEMA))
+
+
+def _sql_type(domain: Domain, field: str) -> str:
+    t = domain.type_of(field)
+    if pa.types.is_decimal(t):
+        return f"DECIMAL({t.precision},{t.scale})"
+    if pa.types.is_integer(t):
+        return "BIGINT"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_date(t):
+        return "DATE"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ"
+    return "VARCHAR"

@@ -1,0 +1,306 @@
+"""Match, survivorship and the correction plan: the heart of the true-up, in DuckDB SQL.
+
+- match:  every staged record gets a stable golden id. Records are clustered by their match key
+          (an ERP number, a SKU, a price or stock natural key); a record without one stands
+          alone. Golden ids already in the crosswalk are kept, so ids survive reruns.
+- golden: per field, the owner's value wins; where the owner has none, the rule's strategy picks
+          from the other systems. Derived values (expired prices, available-to-promise) here too.
+- plan:   per target system, every field whose value differs from the golden value beyond the
+          rule's tolerance becomes a plan row (old -> new, rule, severity). Plans never write to a
+          field's owner, never blank a value, and never touch a record held in quarantine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date
+
+import pyarrow as pa
+
+from trueup.config import Config, FieldRule
+from trueup.duck import connect, fetch, q
+from trueup.model import DOMAINS, PLAN_SCHEMA
+
+CROSSWALK_SCHEMA = pa.schema(
+    [
+        pa.field("domain", pa.string()),
+        pa.field("source_system", pa.string()),
+        pa.field("source_key", pa.string()),
+        pa.field("golden_id", pa.string()),
+    ]
+)
+GOLDEN_PREFIX = {"customer": "cus_", "product": "prd_", "price": "prc_", "inventory": "inv_"}
+
+
+def golden_id_for(domain: str, cluster_key: str) -> str:
+    """The golden id a new cluster gets: a short stable hash of its match key."""
+    return GOLDEN_PREFIX[domain] + hashlib.md5(cluster_key.encode()).hexdigest()[:16]
+
+
+def _lit(value: str) -> str:
+    """A SQL string literal for a name that comes from validated config (systems, fields)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+# ------------------------------------------------------------------ match
+
+
+def match(
+    domain: str,
+    staged: pa.Table,
+    crosswalk: pa.Table | None = None,
+    issues: pa.Table | None = None,
+) -> tuple[pa.Table, pa.Table]:
+    """Give every staged record its golden id; return (matched, crosswalk).
+
+    `matched` is `staged` plus `golden_id`, `parent_golden_id` (for hierarchies) and `held` (the
+    cluster has a member with an error-severity issue, so nothing in it is corrected this run).
+    `crosswalk` maps every source record ever seen to its golden id.
+    """
+    d = DOMAINS[domain]
+    con = connect()
+    con.register("staged", staged)
+    con.register("crosswalk", crosswalk if crosswalk is not None else CROSSWALK_SCHEMA.empty_table())
+    con.register("issues", issues if issues is not None else pa.table(
+        {"source_system": pa.array([], pa.string()), "source_key": pa.array([], pa.string()),
+         "match_key": pa.array([], pa.string()), "severity": pa.array([], pa.string())}))
+    prefix = GOLDEN_PREFIX[domain]
+    parent_sql = (
+        """, p AS (
+            SELECT c.source_system, c.source_key, coalesce(pm.golden_id, pcw.golden_id) AS parent_golden_id
+            FROM c
+            LEFT JOIN c AS pm ON pm.source_system = c.source_system AND pm.source_key = c.parent_key
+            LEFT JOIN cw AS pcw ON pcw.source_system = c.source_system AND pcw.source_key = c.parent_key
+            WHERE c.parent_key IS NOT NULL)"""
+        if "parent_key" in d.field_names else ""
+    )
+    sql = f"""
+        WITH cw AS (SELECT * FROM crosswalk WHERE domain = $1),
+        s AS (
+            SELECT *, coalesce(match_key, '~' || source_system || ':' || source_key) AS cluster
+            FROM staged),
+        known AS (
+            -- a cluster keeps the id its anchor (the record whose own key is the match key) had,
+            -- else the smallest id any member had
+            SELECT s.cluster,
+                   arg_min(cw.golden_id, (CASE WHEN s.source_key = s.match_key THEN 0 ELSE 1 END, cw.golden_id)) AS golden_id
+            FROM s JOIN cw ON cw.source_system = s.source_system AND cw.source_key = s.source_key
+            GROUP BY s.cluster),
+        c AS (
+            SELECT s.* EXCLUDE (cluster),
+                   coalesce(known.golden_id, '{prefix}' || substr(md5(s.cluster), 1, 16)) AS golden_id
+            FROM s LEFT JOIN known USING (cluster)),
+        bad AS (
+            SELECT DISTINCT c.golden_id FROM c JOIN issues i
+              ON i.severity = 'error' AND i.source_system = c.source_system
+             AND (i.source_key = c.source_key OR (i.source_key = '<no key>' AND i.match_key = c.match_key)))
+        {parent_sql}
+        SELECT c.*, {"p.parent_golden_id" if parent_sql else "NULL::VARCHAR AS parent_golden_id"},
+               c.golden_id IN (SELECT golden_id FROM bad) AS held
+        FROM c {"LEFT JOIN p USING (source_system, source_key)" if parent_sql else ""}
+    """
+    matched = fetch(con, sql, [domain])
+    con.register("matched", matched)
+    new_cw = fetch(
+        con,
+        """SELECT $1 AS domain, source_system, source_key, golden_id FROM matched
+           UNION ALL
+           SELECT domain, source_system, source_key, golden_id FROM crosswalk
+           WHERE domain = $1 AND (source_system, source_key) NOT IN
+                 (SELECT (source_system, source_key) FROM matched)""",
+        [domain],
+    )
+    con.close()
+    return matched, new_cw.cast(CROSSWALK_SCHEMA)
+
+
+# ------------------------------------------------------------------ golden
+
+
+def _pick(field: str, rule: FieldRule, system_order: list[str]) -> tuple[str, str]:
+    """SQL for the surviving value of `field` and for the system it came from."""
+    f = q(field)
+    newest = "ORDER BY source_updated_at DESC NULLS LAST, source_key"
+
+    def from_system(s: str) -> str:
+        return f"first({f} {newest}) FILTER (WHERE source_system = {_lit(s)} AND {f} IS NOT NULL)"
+
+    candidates = [(rule.owner, from_system(rule.owner))]
+    others = rule.fallback or []
+    if rule.strategy == "priority":
+        candidates += [(s, from_system(s)) for s in others]
+    elif others:
+        allowed = "source_system IN (" + ", ".join(_lit(s) for s in others) + f") AND {f} IS NOT NULL"
+        order = newest if rule.strategy == "most_recent" else (
+            f"ORDER BY length(CAST({f} AS VARCHAR)) DESC, source_updated_at DESC NULLS LAST")
+        candidates.append(("*", f"first({f} {order}) FILTER (WHERE {allowed})"))
+        src_expr = f"first(source_system {order}) FILTER (WHERE {allowed})"
+    value = "coalesce(" + ", ".join(c for _, c in candidates) + ")"
+    whens = []
+    for s, c in candidates:
+        if s == "*":
+            whens.append(f"WHEN {c} IS NOT NULL THEN {src_expr}")
+        else:
+            whens.append(f"WHEN {c} IS NOT NULL THEN {_lit(s)}")
+    source = "CASE " + " ".join(whens) + " END"
+    return value, source
+
+
+def build_golden(domain: str, matched: pa.Table, config: Config, as_of: date) -> pa.Table:
+    """One golden record per (unheld) golden id, with the winning system per ruled field."""
+    d = DOMAINS[domain]
+    rules = config.rules.domains[domain]
+    system_order = config.systems.systems_with(domain)
+    cols = ["golden_id"]
+    for field in d.field_names:
+        if field == "parent_key":
+            continue
+        rule = rules.fields.get(field)
+        if rule is None:
+            # not ruled: natural-key fields agree by construction; others by system order
+            rule = FieldRule(owner=system_order[0], fallback=system_order[1:])
+        value, source = _pick(field, rule, system_order)
+        cols.append(f"{value} AS {q(field)}")
+        if field in rules.fields:
+            cols.append(f"{source} AS {q('src__' + field)}")
+    if "parent_key" in d.field_names:
+        owner = rules.fields["role"].owner if "role" in rules.fields else system_order[0]
+        order = [owner] + [s for s in system_order if s != owner]
+        cols.append("coalesce(" + ", ".join(
+            f"first(parent_golden_id) FILTER (WHERE source_system = {_lit(s)} AND parent_golden_id IS NOT NULL)"
+            for s in order) + ") AS parent_golden_id")
+    cols.append("list(DISTINCT source_system ORDER BY source_system) AS systems")
+    # a cluster formed by a cross-reference: if it points nowhere, that is an exception, not a create
+    cols.append("bool_or(match_key IS NOT NULL) AS keyed")
+    cols.append("max(source_updated_at) AS source_updated_at")
+    con = connect()
+    con.register("matched", matched)
+    golden = f"SELECT {', '.join(cols)} FROM matched WHERE NOT held GROUP BY golden_id"
+    if domain == "price" and rules.expire_after_valid_to:
+        golden = (f"SELECT * REPLACE (active AND (valid_to IS NULL OR valid_to >= $1::DATE) AS active) "
+                  f"FROM ({golden})")
+        out = fetch(con, golden, [as_of])
+    elif domain == "inventory" and rules.atp is not None:
+        policies = pa.table({
+            "location": list(rules.atp.locations),
+            "in_transit": [p.include_in_transit for p in rules.atp.locations.values()],
+            "returns": [p.include_returns for p in rules.atp.locations.values()],
+        }) if rules.atp.locations else pa.table({"location": pa.array([], pa.string()),
+                                                 "in_transit": pa.array([], pa.bool_()),
+                                                 "returns": pa.array([], pa.bool_())})
+        con.register("atp_policy", policies)
+        dflt = rules.atp.default
+        out = fetch(con, f"""
+            SELECT g.*, coalesce(g.on_hand, 0) - coalesce(g.allocated, 0) - coalesce(g.reserved, 0)
+                   + CASE WHEN coalesce(p.in_transit, {dflt.include_in_transit}) THEN coalesce(g.in_transit, 0) ELSE 0 END
+                   + CASE WHEN coalesce(p.returns, {dflt.include_returns}) THEN coalesce(g.returns_pending, 0) ELSE 0 END
+                   AS atp
+            FROM ({golden}) g LEFT JOIN atp_policy p USING (location)""")
+    else:
+        out = fetch(con, golden)
+    con.close()
+    return out
+
+
+# ------------------------------------------------------------------ plan
+
+
+def _same(field: str, rule: FieldRule, dtype: pa.DataType) -> str:
+    """SQL true when the target's value m.f agrees with the golden g.f within the rule's tolerance."""
+    m, g = f"m.{q(field)}", f"g.{q(field)}"
+    tol = rule.tolerance
+    if tol and (tol.abs is not None or tol.rel is not None) and (
+            pa.types.is_decimal(dtype) or pa.types.is_integer(dtype) or pa.types.is_floating(dtype)):
+        allowed = f"greatest({tol.abs or 0}, {tol.rel or 0} * abs({g}))"
+        return f"({m} IS NOT NULL AND abs({m} - {g}) <= {allowed})"
+    if tol and tol.normalize and pa.types.is_string(dtype):
+        def norm(x: str) -> str:
+            if "collapse_space" in tol.normalize:
+                x = f"regexp_replace({x}, '\\s+', ' ', 'g')"
+            if "trim" in tol.normalize:
+                x = f"trim({x})"
+            if "casefold" in tol.normalize:
+                x = f"lower({x})"
+            return x
+        return f"({norm(m)} IS NOT DISTINCT FROM {norm(g)})"
+    return f"({m} IS NOT DISTINCT FROM {g})"
+
+
+def build_plan(domain: str, matched: pa.Table, golden: pa.Table, config: Config) -> pa.Table:
+    """Every correction each target system needs, one row per field (PLAN_SCHEMA)."""
+    d = DOMAINS[domain]
+    rules = config.rules.domains[domain]
+    con = connect()
+    con.register("matched", matched)
+    con.register("golden", golden)
+    parts: list[str] = []
+
+    def row(target: str, action: str, key: str, field: str, old: str, new: str, src: str,
+            rule: str, severity: str, frm: str, where: str) -> str:
+        return (f"SELECT {_lit(domain)} AS domain, {_lit(target)} AS target_system, {_lit(action)} AS action, "
+                f"g.golden_id, {key} AS target_key, {_lit(field)} AS field, {old} AS old_value, "
+                f"{new} AS new_value, {src} AS source_system, {_lit(rule)} AS rule, "
+                f"{_lit(severity)} AS severity FROM {frm} WHERE {where}")
+
+    # updates: a target's value differs from the golden one
+    for field, rule in rules.fields.items():
+        for target, action in rule.targets.items():
+            cond = (f"m.source_system = {_lit(target)} AND g.{q(field)} IS NOT NULL "
+                    f"AND NOT {_same(field, rule, d.type_of(field))}")
+            parts.append(row(
+                target, action, "m.source_key", field, f"CAST(m.{q(field)} AS VARCHAR)",
+                f"CAST(g.{q(field)} AS VARCHAR)", f"g.{q('src__' + field)}",
+                f"{domain}.{field}: owner {rule.owner}", rule.severity,
+                "matched m JOIN golden g USING (golden_id)", cond))
+
+    # a target key per golden id and system (for references and cross-references)
+    keys = ("SELECT golden_id, source_system, min(source_key) AS source_key FROM matched "
+            "GROUP BY golden_id, source_system")
+    # creates: the golden record is missing from a system that should have it
+    for target, create in rules.create_in.items():
+        em = config.systems.entity(target, domain)
+        new_key = "g.golden_id"  # create_key: golden_id (validated in config)
+        missing = (f"NOT list_contains(g.systems, {_lit(target)})"
+                   + ("" if d.natural_key else " AND NOT g.keyed")
+                   + (" AND g.role IN (" + ", ".join(_lit(r) for r in create.roles) + ")" if create.roles else ""))
+        for field in em.fields:
+            if field in ("match_key", "parent_key") or field in d.natural_key:
+                continue
+            src = f"g.{q('src__' + field)}" if field in rules.fields else "NULL"
+            parts.append(row(
+                target, "create", new_key, field, "NULL", f"CAST(g.{q(field)} AS VARCHAR)", src,
+                f"{domain}.create_in.{target}", create.severity, "golden g",
+                f"{missing} AND g.{q(field)} IS NOT NULL"))
+        if "parent_key" in em.fields:
+            parts.append(row(
+                target, "create", new_key, "parent_key", "NULL",
+                "coalesce(pk.source_key, g.parent_golden_id)", "NULL",
+                f"{domain}.create_in.{target}", create.severity,
+                f"golden g LEFT JOIN ({keys}) pk ON pk.golden_id = g.parent_golden_id "
+                f"AND pk.source_system = {_lit(target)}",
+                f"{missing} AND g.parent_golden_id IS NOT NULL"))
+
+    # cross-references: the referring system should carry the referred system's key
+    if rules.xref:
+        x = rules.xref
+        will_create = (f"(NOT list_contains(g.systems, {_lit(x.refers_to)}) AND NOT g.keyed AND "
+                       + (f"g.role IN ({', '.join(_lit(r) for r in rules.create_in[x.refers_to].roles or [])})"
+                          if x.refers_to in rules.create_in and rules.create_in[x.refers_to].roles
+                          else ("TRUE" if x.refers_to in rules.create_in else "FALSE")) + ")")
+        desired = f"coalesce(k.source_key, CASE WHEN {will_create} THEN g.golden_id END)"
+        parts.append(row(
+            x.system, "update", "m.source_key", "match_key", "m.match_key", desired, _lit(x.refers_to),
+            f"{domain}.xref: {x.system} carries the {x.refers_to} key", x.severity,
+            f"matched m JOIN golden g USING (golden_id) LEFT JOIN ({keys}) k "
+            f"ON k.golden_id = g.golden_id AND k.source_system = {_lit(x.refers_to)}",
+            f"m.source_system = {_lit(x.system)} AND {desired} IS NOT NULL "
+            f"AND m.match_key IS DISTINCT FROM {desired} AND (m.match_key IS NULL OR k.source_key IS NOT NULL)"))
+
+    if not parts:
+        return PLAN_SCHEMA.empty_table()
+    sql = ("SELECT md5(concat_ws('|', domain, target_system, action, target_key, field, coalesce(new_value, '∅'))) "
+           "AS change_id, * FROM (" + " UNION ALL ".join(parts) + ") "
+           "ORDER BY target_system, target_key, field")
+    plan = fetch(con, sql)
+    con.close()
+    return plan.select(PLAN_SCHEMA.names).cast(PLAN_SCHEMA)

@@ -1,0 +1,196 @@
+"""The state store: what trueup remembers between runs, in any SQLAlchemy database (a SQLite
+file by default; PostgreSQL in production), queryable with plain SQL.
+
+- runs         one row per run: mode, dry-run, status, figures
+- ledger       one row per attempted change: run, system, entity, key, field, old, new, outcome
+- quarantine   every row held out of reconciliation, with its full key and the reason
+- watermarks   per system and entity, the newest source change seen by a successful run
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("job", sa.String(64)),
+    sa.Column("mode", sa.String(16)),  # full | incremental
+    sa.Column("dry_run", sa.Boolean),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("status", sa.String(16)),
+    sa.Column("summary", sa.Text),  # JSON figures
+)
+
+ledger = sa.Table(
+    "ledger", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(64), index=True),
+    sa.Column("change_id", sa.String(64), index=True),
+    sa.Column("system", sa.String(32)),
+    sa.Column("entity", sa.String(32)),
+    sa.Column("target_key", sa.String(256)),
+    sa.Column("golden_id", sa.String(64)),
+    sa.Column("field", sa.String(64)),
+    sa.Column("action", sa.String(16)),
+    sa.Column("old_value", sa.Text),
+    sa.Column("new_value", sa.Text),
+    sa.Column("status", sa.String(24)),  # applied | unchanged | rejected | retryable_error | dry_run
+    sa.Column("error", sa.Text),
+    sa.Column("attempts", sa.Integer),
+    sa.Column("rule", sa.String(256)),
+    sa.Column("severity", sa.String(16)),
+    sa.Column("at", sa.DateTime(timezone=True)),
+)
+
+quarantine = sa.Table(
+    "quarantine", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(64), index=True),
+    sa.Column("system", sa.String(32)),
+    sa.Column("entity", sa.String(32)),
+    sa.Column("source_key", sa.String(256)),
+    sa.Column("match_key", sa.String(256)),
+    sa.Column("field", sa.String(64)),
+    sa.Column("column", sa.String(64)),
+    sa.Column("problem", sa.Text),
+    sa.Column("severity", sa.String(16)),
+    sa.Column("at", sa.DateTime(timezone=True)),
+)
+
+watermarks = sa.Table(
+    "watermarks", metadata,
+    sa.Column("system", sa.String(32), primary_key=True),
+    sa.Column("entity", sa.String(32), primary_key=True),
+    sa.Column("high_water", sa.DateTime(timezone=True)),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("updated_at", sa.DateTime(timezone=True)),
+)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _rows(table: pa.Table) -> list[dict]:
+    return table.to_pylist()
+
+
+class StateStore:
+    """Ledger, quarantine, runs and watermarks in one SQL database."""
+
+    def __init__(self, url: str):
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = sa.create_engine(url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            # parallel steps append from several processes: WAL lets readers and one writer share
+            @sa.event.listens_for(self.engine, "connect")
+            def _wal(dbapi_conn, _):
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.close()
+        metadata.create_all(self.engine)
+
+    # ---------------------------------------------------------- runs
+
+    def start_run(self, run_id: str, *, job: str, mode: str, dry_run: bool) -> None:
+        with self.engine.begin() as c:
+            c.execute(sa.delete(runs).where(runs.c.run_id == run_id))
+            c.execute(sa.insert(runs).values(run_id=run_id, job=job, mode=mode, dry_run=dry_run,
+                                             started_at=_now(), status="running"))
+
+    def finish_run(self, run_id: str, status: str, summary: dict) -> None:
+        with self.engine.begin() as c:
+            c.execute(sa.update(runs).where(runs.c.run_id == run_id).values(
+                finished_at=_now(), status=status, summary=json.dumps(summary, default=str)))
+
+    # ---------------------------------------------------------- ledger
+
+    def record(self, run_id: str, entity: str, plan: pa.Table, outcomes: pa.Table) -> None:
+        """One ledger row per plan row with its outcome. Re-recording the same run replaces its
+        rows for those changes, so a re-executed step never doubles the ledger."""
+        if plan.num_rows == 0:
+            return
+        by_id = {r["change_id"]: r for r in _rows(outcomes)}
+        now = _now()
+        rows = [{
+            "run_id": run_id, "change_id": p["change_id"], "system": p["target_system"],
+            "entity": entity, "target_key": p["target_key"], "golden_id": p["golden_id"],
+            "field": p["field"], "action": p["action"], "old_value": p["old_value"],
+            "new_value": p["new_value"], "status": by_id[p["change_id"]]["status"],
+            "error": by_id[p["change_id"]]["error"], "attempts": by_id[p["change_id"]]["attempts"],
+            "rule": p["rule"], "severity": p["severity"], "at": now,
+        } for p in _rows(plan)]
+        ids = [r["change_id"] for r in rows]
+        with self.engine.begin() as c:
+            for i in range(0, len(ids), 500):
+                c.execute(sa.delete(ledger).where(ledger.c.run_id == run_id,
+                                                  ledger.c.change_id.in_(ids[i:i + 500])))
+            c.execute(sa.insert(ledger), rows)
+
+    def ledger(self, run_id: str | None = None) -> pa.Table:
+        stmt = sa.select(ledger)
+        if run_id:
+            stmt = stmt.where(ledger.c.run_id == run_id)
+        return self._arrow(stmt.order_by(ledger.c.id))
+
+    # ---------------------------------------------------------- quarantine
+
+    def record_quarantine(self, run_id: str, issues: pa.Table) -> None:
+        now = _now()
+        with self.engine.begin() as c:
+            entities = set(issues.column("entity").to_pylist()) if issues.num_rows else set()
+            systems = set(issues.column("source_system").to_pylist()) if issues.num_rows else set()
+            for e in entities:
+                for s in systems:
+                    c.execute(sa.delete(quarantine).where(quarantine.c.run_id == run_id,
+                                                          quarantine.c.entity == e,
+                                                          quarantine.c.system == s))
+            if issues.num_rows:
+                c.execute(sa.insert(quarantine), [{
+                    "run_id": run_id, "system": r["source_system"], "entity": r["entity"],
+                    "source_key": r["source_key"], "match_key": r["match_key"], "field": r["field"],
+                    "column": r["column"], "problem": r["problem"], "severity": r["severity"], "at": now,
+                } for r in _rows(issues)])
+
+    def quarantined(self, run_id: str | None = None) -> pa.Table:
+        stmt = sa.select(quarantine)
+        if run_id:
+            stmt = stmt.where(quarantine.c.run_id == run_id)
+        return self._arrow(stmt.order_by(quarantine.c.id))
+
+    # ---------------------------------------------------------- watermarks
+
+    def watermark(self, system: str, entity: str) -> datetime | None:
+        with self.engine.connect() as c:
+            v = c.execute(sa.select(watermarks.c.high_water).where(
+                watermarks.c.system == system, watermarks.c.entity == entity)).scalar()
+        if v is not None and v.tzinfo is None:
+            v = v.replace(tzinfo=timezone.utc)
+        return v
+
+    def set_watermark(self, system: str, entity: str, high_water: datetime, run_id: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(sa.delete(watermarks).where(watermarks.c.system == system,
+                                                  watermarks.c.entity == entity))
+            c.execute(sa.insert(watermarks).values(system=system, entity=entity, high_water=high_water,
+                                                   run_id=run_id, updated_at=_now()))
+
+    # ----------------------------------------------------------
+
+    def _arrow(self, stmt) -> pa.Table:
+        from trueup.systems.sql import rows_to_arrow
+
+        with self.engine.connect() as c:
+            res = c.execute(stmt)
+            return rows_to_arrow(list(res.keys()), res.fetchall())

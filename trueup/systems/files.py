@@ -1,0 +1,124 @@
+"""File-drop systems (a 3PL's nightly export): CSV / Parquet / JSON Lines files in a folder.
+
+Layout under the system's root:
+    exports/<stamp>/<file>.csv|.parquet|.jsonl   one complete snapshot per drop, marked by _SUCCESS
+    inbound/                                     corrections trueup sends back, one JSON Lines file
+                                                 per batch, written atomically (temp file + rename)
+A drop without its _SUCCESS marker is still being written and is never read.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import tempfile
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from trueup.config import SystemConfig
+from trueup.writeback import WriteOp, WriteResult
+
+STAMP = "%Y%m%dT%H%M%S%fZ"
+
+
+def drop_stamp(at: datetime | None = None) -> str:
+    return (at or datetime.now(timezone.utc)).strftime(STAMP)
+
+
+def read_file(path: Path) -> pa.Table:
+    if path.suffix == ".parquet":
+        return pq.read_table(path)
+    if path.suffix == ".jsonl":
+        return pajson.read_json(path)
+    with open(path, newline="") as fh:
+        names = next(csv.reader(fh), [])
+    # every column as text: codes like 00123 must keep their zeros; the mapping types them
+    return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+        column_types={n: pa.string() for n in names}, strings_can_be_null=True))
+
+
+def _json_default(v):
+    if isinstance(v, Decimal):
+        return str(v)
+    if isinstance(v, (date, datetime)):
+        return v.isoformat()
+    raise TypeError(type(v))
+
+
+class FileSystem:
+    """One file-drop system as trueup sees it."""
+
+    def __init__(self, name: str, root: str | Path, config: SystemConfig):
+        self.name = name
+        self.root = Path(root)
+        self.config = config
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "exports"
+
+    @property
+    def inbound(self) -> Path:
+        return self.root / "inbound"
+
+    def drops(self) -> list[Path]:
+        """Complete drops, oldest first."""
+        if not self.exports.exists():
+            return []
+        return sorted(p for p in self.exports.iterdir() if (p / "_SUCCESS").exists())
+
+    def latest_drop(self) -> Path:
+        drops = self.drops()
+        if not drops:
+            raise FileNotFoundError(f"{self.name}: no complete export drop under {self.exports}")
+        return drops[-1]
+
+    def _file(self, drop: Path, entity: str) -> Path:
+        stem = self.config.entities[entity].file
+        for ext in (".parquet", ".csv", ".jsonl"):
+            if (drop / f"{stem}{ext}").exists():
+                return drop / f"{stem}{ext}"
+        raise FileNotFoundError(f"{self.name}.{entity}: drop {drop.name} has no {stem}.csv/.parquet/.jsonl")
+
+    def extract(self, entity: str, since: datetime | None = None) -> pa.Table:
+        """The entity's rows in the newest complete drop."""
+        return read_file(self._file(self.latest_drop(), entity))
+
+    def fetch_live(self, entity: str, keys: list[str]) -> pa.Table:
+        # what the WMS last told us is the live state a file system can offer
+        import pyarrow.compute as pc
+
+        table = self.extract(entity)
+        em = self.config.entities[entity]
+        if len(em.key_columns) == 1:
+            key = table.column(em.key_columns[0])
+        else:
+            key = pc.binary_join_element_wise(*[table.column(c).cast(pa.string()) for c in em.key_columns], "|")
+        return table.filter(pc.is_in(key.cast(pa.string()), pa.array(keys, pa.string())))
+
+    def write(self, entity: str, ops: list[WriteOp]) -> list[WriteResult]:
+        """One inbound file per batch, named by its content so a resend replaces, never doubles."""
+        self.inbound.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps({"entity": entity, "op": op.action, "key": op.key_values, "fields": op.values,
+                             "idempotency_key": op.idempotency_key}, default=_json_default)
+                 for op in ops]
+        digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+        target = self.inbound / f"trueup_{entity}_{digest}.jsonl"
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.inbound, prefix=".tmp_", suffix=".jsonl")
+            with os.fdopen(fd, "w") as fh:
+                fh.write("\n".join(lines) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except OSError as exc:
+            return [WriteResult("retryable_error", f"{self.name}.{entity}: {exc}") for _ in ops]
+        return [WriteResult("applied") for _ in ops]

@@ -1,0 +1,37 @@
+"""The local warehouse: every intermediate result as a Parquet file a user can query with SQL
+(`duckdb -c "select * from '.trueup/warehouse/customer/golden.parquet'"`).
+
+Files are written to a temporary name and renamed, so a reader never sees half a table and a
+re-executed step replaces its result instead of adding to it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class Warehouse:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts).with_suffix(".parquet")
+
+    def write(self, table: pa.Table, *parts: str) -> Path:
+        path = self.path(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+        return path
+
+    def read(self, *parts: str) -> pa.Table | None:
+        path = self.path(*parts)
+        return pq.read_table(path) if path.exists() else None
+
+    def exists(self, *parts: str) -> bool:
+        return self.path(*parts).exists()

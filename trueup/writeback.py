@@ -1,0 +1,180 @@
+"""Apply a plan to one system safely: compare with the live values first, write only what still
+needs writing, and report one outcome per plan row.
+
+The flow is the same for every kind of system; the client supplies three verbs:
+`fetch_live(entity, keys)` (current source rows for those keys), `write(entity, ops)` (one
+outcome per operation) and the mapping it was configured with.
+
+A plan row is
+- unchanged  when the live value already equals the new one (a rerun of the same plan writes nothing);
+- rejected   when the live value is neither the old nor the new one: the record changed since it
+             was extracted, so the plan is stale for it and the next run re-plans it;
+- written    otherwise, grouped per record (one UPDATE / one API record / one file line per key).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from trueup.config import EntityMap
+from trueup.duck import connect, fetch
+from trueup.mapping import to_canonical
+from trueup.model import DOMAINS, OUTCOME_SCHEMA
+
+
+@dataclass
+class WriteOp:
+    """One record-level write in the system's own terms."""
+
+    key: str  # the system's key ('|'-joined for composite keys)
+    key_values: dict[str, Any]  # key column -> value
+    action: str  # create | update | adjust
+    values: dict[str, Any] = field(default_factory=dict)  # column -> value in the system's format
+    change_ids: list[str] = field(default_factory=list)
+    idempotency_key: str = ""
+    delta: int | None = None  # for adjust: quantity to post
+    reason: str | None = None
+
+
+@dataclass
+class WriteResult:
+    status: str  # applied | rejected | retryable_error
+    error: str | None = None
+    attempts: int = 1
+
+
+class SystemClient(Protocol):
+    name: str
+
+    def extract(self, entity: str, since=None) -> pa.Table: ...
+
+    def fetch_live(self, entity: str, keys: list[str]) -> pa.Table: ...
+
+    def write(self, entity: str, ops: list[WriteOp]) -> list[WriteResult]: ...
+
+
+def from_canonical_text(value: str | None, dtype: pa.DataType) -> Any:
+    """A plan's canonical text back to a Python value of the canonical type."""
+    if value is None:
+        return None
+    if pa.types.is_decimal(dtype):
+        return Decimal(value)
+    if pa.types.is_integer(dtype):
+        return int(Decimal(value))
+    if pa.types.is_boolean(dtype):
+        return value.lower() == "true"
+    if pa.types.is_date(dtype):
+        return date.fromisoformat(value)
+    return value
+
+
+def to_source_value(canonical_field: str, value: Any, mapping: EntityMap) -> Any:
+    """Translate a canonical value into the system's representation (reverse code maps)."""
+    fm = mapping.fields[canonical_field]
+    if fm.map and value is not None:
+        reverse = {v: k for k, v in fm.map.items()}
+        return reverse.get(value, value)
+    return value
+
+
+def split_key(key: str, mapping: EntityMap) -> dict[str, str]:
+    cols = mapping.key_columns
+    parts = key.split("|") if len(cols) > 1 else [key]
+    return dict(zip(cols, parts))
+
+
+def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMap,
+               plan: pa.Table) -> pa.Table:
+    """Apply the plan rows of one system and entity; return one outcome per row (OUTCOME_SCHEMA)."""
+    if plan.num_rows == 0:
+        return OUTCOME_SCHEMA.empty_table()
+    domain = DOMAINS[entity]
+    keys = sorted(set(plan.column("target_key").to_pylist()))
+    live_raw = client.fetch_live(entity, keys)
+    live = to_canonical(live_raw, system=system, entity=entity, mapping=mapping).staged
+
+    # live canonical values as text, long form: (key, field, live_value, exists)
+    fields = sorted(set(plan.column("field").to_pylist()))
+    con = connect()
+    con.register("plan", plan)
+    con.register("live", live)
+    unpivot = " UNION ALL ".join(
+        f"SELECT source_key, '{f}' AS field, CAST(\"{f}\" AS VARCHAR) AS live_value FROM live"
+        for f in fields if f in live.column_names
+    ) or "SELECT NULL::VARCHAR AS source_key, NULL::VARCHAR AS field, NULL::VARCHAR AS live_value WHERE FALSE"
+    judged = fetch(con, f"""
+        WITH lv AS ({unpivot}),
+        present AS (SELECT DISTINCT source_key FROM live)
+        SELECT p.*, lv.live_value, p.target_key IN (SELECT source_key FROM present) AS exists_live,
+          CASE
+            WHEN p.action = 'create' AND p.target_key NOT IN (SELECT source_key FROM present) THEN 'write'
+            WHEN lv.live_value IS NOT DISTINCT FROM p.new_value THEN 'unchanged'
+            WHEN lv.live_value IS DISTINCT FROM p.old_value AND p.action <> 'create' THEN 'stale'
+            WHEN p.action = 'create' THEN 'write_update'
+            ELSE 'write' END AS verdict
+        FROM plan p LEFT JOIN lv ON lv.source_key = p.target_key AND lv.field = p.field
+        ORDER BY p.target_key, p.field""")
+    con.close()
+
+    outcomes: dict[str, WriteResult] = {}
+    ops: dict[tuple[str, str], WriteOp] = {}
+    rows = judged.to_pylist()  # the plan (a change set), not a whole table
+    for r in rows:
+        if r["verdict"] == "unchanged":
+            outcomes[r["change_id"]] = WriteResult("unchanged", attempts=0)
+            continue
+        if r["verdict"] == "stale":
+            outcomes[r["change_id"]] = WriteResult(
+                "rejected", f"{system}.{entity} {r['target_key']} {r['field']}: changed since extract "
+                            f"(plan expected the old value, the system now holds another)", attempts=0)
+            continue
+        action = "update" if r["verdict"] == "write_update" else r["action"]
+        if action in ("deactivate", "flag"):
+            action = "update" if action == "deactivate" else "flag"
+        if action == "flag":
+            outcomes[r["change_id"]] = WriteResult("unchanged", "flag only", attempts=0)
+            continue
+        op = ops.get((r["target_key"], action))
+        if op is None:
+            op = ops[(r["target_key"], action)] = WriteOp(
+                key=r["target_key"], key_values=split_key(r["target_key"], mapping), action=action)
+        field_name = r["field"]
+        if action == "adjust":
+            new = from_canonical_text(r["new_value"], domain.type_of(field_name))
+            live_v = from_canonical_text(r["live_value"], domain.type_of(field_name)) or 0
+            op.delta = new - live_v
+            op.reason = f"trueup: {r['rule']} (count {new}, book {live_v})"
+        else:
+            dtype = domain.type_of(field_name) if field_name != "match_key" else pa.string()
+            value = from_canonical_text(r["new_value"], dtype)
+            op.values[mapping.fields[field_name].column] = to_source_value(field_name, value, mapping)
+        op.change_ids.append(r["change_id"])
+    for op in ops.values():
+        op.idempotency_key = _idempotency_key(op.change_ids)
+    op_list = list(ops.values())
+    if op_list:
+        results = client.write(entity, op_list)
+        for op, res in zip(op_list, results, strict=True):
+            for cid in op.change_ids:
+                outcomes[cid] = res
+    ids = plan.column("change_id").to_pylist()
+    return pa.table(
+        {
+            "change_id": ids,
+            "status": [outcomes[i].status for i in ids],
+            "error": [outcomes[i].error for i in ids],
+            "attempts": [outcomes[i].attempts for i in ids],
+        },
+        schema=OUTCOME_SCHEMA,
+    )
+
+
+def _idempotency_key(change_ids: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("|".join(sorted(change_ids)).encode()).hexdigest()[:32]

@@ -306,15 +306,37 @@ def load_rules(path: str | Path, systems: SystemsConfig) -> RulesConfig:
     return rules
 
 
+# ---------------------------------------------------------------- trueup.yaml
+
+
+class Schedule(Strict):
+    nightly_cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(v)  # raises for an unknown zone
+        return v
+
+
+class Settings(Strict):
+    schedule: Schedule = Schedule()
+
+
 class Config(BaseModel):
     """Systems and rules together, as the engine uses them."""
 
     model_config = ConfigDict(frozen=True)
     systems: SystemsConfig
     rules: RulesConfig
+    settings: Settings = Settings()
 
     @classmethod
     def load(cls, config_dir: str | Path) -> "Config":
         d = Path(config_dir)
         systems = load_systems(d / "systems.yaml")
-        return cls(systems=systems, rules=load_rules(d / "rules.yaml", systems))
+        settings = _load(d / "trueup.yaml", Settings) if (d / "trueup.yaml").exists() else Settings()
+        return cls(systems=systems, rules=load_rules(d / "rules.yaml", systems), settings=settings)

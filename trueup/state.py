@@ -103,16 +103,17 @@ class StateStore:
 
     # ---------------------------------------------------------- runs
 
-    def start_run(self, run_id: str, *, job: str, mode: str, dry_run: bool) -> None:
+    def finish_run(self, run_id: str, status: str, summary: dict, *, job: str = "", mode: str = "full",
+                   dry_run: bool = False) -> None:
+        """Record the run's outcome and figures (replacing an earlier record of the same run)."""
         with self.engine.begin() as c:
             c.execute(sa.delete(runs).where(runs.c.run_id == run_id))
             c.execute(sa.insert(runs).values(run_id=run_id, job=job, mode=mode, dry_run=dry_run,
-                                             started_at=_now(), status="running"))
+                                             finished_at=_now(), status=status,
+                                             summary=json.dumps(summary, default=str)))
 
-    def finish_run(self, run_id: str, status: str, summary: dict) -> None:
-        with self.engine.begin() as c:
-            c.execute(sa.update(runs).where(runs.c.run_id == run_id).values(
-                finished_at=_now(), status=status, summary=json.dumps(summary, default=str)))
+    def runs(self) -> pa.Table:
+        return self._arrow(sa.select(runs).order_by(runs.c.finished_at))
 
     # ---------------------------------------------------------- ledger
 

@@ -1,0 +1,101 @@
+"""The one Definitions: the asset graph, resources, jobs and schedules.
+
+Where things are comes from the environment, read here (never at engine import):
+    TRUEUP_HOME        working folder: demo landscape, warehouse, reports, state (default .trueup)
+    TRUEUP_CONFIG_DIR  systems.yaml, rules.yaml, trueup.yaml (default: the repository's config/)
+    TRUEUP_ERP_URL     SQLAlchemy URL of the ERP (secret; default: the demo's SQLite file)
+    TRUEUP_CRM_URL / TRUEUP_CRM_TOKEN   the CRM's API (secret; default: the CRM sandbox)
+    TRUEUP_WMS_DIR     the WMS's file-drop folder (default: the demo's)
+    TRUEUP_STATE_URL   SQLAlchemy URL of the state store (default: SQLite under TRUEUP_HOME)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from assets.extract import extract_asset
+from assets.reconcile import domain_assets, writeback_asset, writeback_targets
+from assets.report import report_asset
+from resources import (
+    CrmSandboxResource, FileDropResource, RestSystemResource, SqlSystemResource, StateStoreResource,
+    TrueupSettings, WarehouseIOManager, WmsSandboxResource,
+)
+from trueup.config import Config
+
+REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
+DOMAINS = ["customer", "product", "price", "inventory"]
+
+
+def _secret_or(env: str, default: str) -> str | dg.EnvVar:
+    """The environment variable as a Dagster EnvVar (resolved at run time, never shown) when it
+    is set, else the demo default."""
+    return dg.EnvVar(env) if os.environ.get(env) else default
+
+
+def system_resources(home: Path, config: Config, **sandbox_kw) -> dict[str, dg.ConfigurableResource]:
+    demo = home / "demo"
+    res: dict[str, dg.ConfigurableResource] = {}
+    for name, system in config.systems.systems.items():
+        env = f"TRUEUP_{name.upper()}"
+        if system.kind == "sql":
+            res[name] = SqlSystemResource(system=name, url=_secret_or(f"{env}_URL", f"sqlite:///{demo / 'erp.sqlite'}"))
+        elif system.kind == "rest":
+            if os.environ.get(f"{env}_URL"):
+                res[name] = RestSystemResource(system=name, base_url=dg.EnvVar(f"{env}_URL"),
+                                               token=dg.EnvVar(f"{env}_TOKEN"))
+            else:
+                res[name] = CrmSandboxResource(system=name, db_path=str(demo / "crm" / "crm.sqlite"),
+                                               **sandbox_kw.get(name, {}))
+        else:
+            if os.environ.get(f"{env}_DIR"):
+                res[name] = FileDropResource(system=name, root=os.environ[f"{env}_DIR"])
+            else:
+                res[name] = WmsSandboxResource(system=name, root=str(demo / "wms"))
+    return res
+
+
+def build_definitions(home: str | Path | None = None, config_dir: str | Path | None = None,
+                      **sandbox_kw) -> dg.Definitions:
+    home = Path(home or os.environ.get("TRUEUP_HOME", ".trueup")).resolve()
+    config_dir = Path(config_dir or os.environ.get("TRUEUP_CONFIG_DIR", REPO_CONFIG))
+    config = Config.load(config_dir)
+
+    assets: list = []
+    writebacks: list[dg.AssetKey] = []
+    for domain in DOMAINS:
+        systems = config.systems.systems_with(domain)
+        assets += [extract_asset(s, domain, config.systems.systems[s].kind) for s in systems]
+        assets += domain_assets(domain, systems)
+        for target in writeback_targets(domain, config):
+            wb = writeback_asset(domain, target)
+            assets.append(wb)
+            writebacks.append(wb.key)
+    assets.append(report_asset(DOMAINS, writebacks))
+
+    nightly = dg.define_asset_job(
+        "nightly_reconciliation",
+        selection=dg.AssetSelection.all(),
+        description="The nightly full true-up: every domain, every system, corrections written back.",
+        executor_def=dg.in_process_executor,
+        tags={"trueup/mode": "full"},
+    )
+    schedule = dg.ScheduleDefinition(
+        name="nightly_reconciliation_schedule",
+        job=nightly,
+        cron_schedule=config.settings.schedule.nightly_cron,
+        execution_timezone=config.settings.schedule.timezone,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )
+    resources = {
+        "trueup": TrueupSettings(config_dir=str(config_dir), home=str(home)),
+        "state": StateStoreResource(url=_secret_or("TRUEUP_STATE_URL", f"sqlite:///{home / 'state.db'}")),
+        "io_manager": WarehouseIOManager(root=str(home / "warehouse")),
+        **system_resources(home, config, **sandbox_kw),
+    }
+    return dg.Definitions(assets=assets, jobs=[nightly], schedules=[schedule], resources=resources)
+
+
+defs = build_definitions()

@@ -1,0 +1,77 @@
+"""Project settings and the warehouse IO manager."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+from pydantic import PrivateAttr
+
+from trueup.config import Config
+from trueup.warehouse import Warehouse
+
+
+class TrueupSettings(dg.ConfigurableResource):
+    """Where trueup's configuration and working files live, and how this run behaves."""
+
+    config_dir: str
+    home: str  # warehouse, reports and the default state store live here
+    dry_run: bool = False  # plan and report, write nothing (also: run tag trueup/dry_run=true)
+
+    _config: Config | None = PrivateAttr(default=None)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = Config.load(self.config_dir)
+        return self._config
+
+    @property
+    def warehouse(self) -> Warehouse:
+        return Warehouse(Path(self.home) / "warehouse")
+
+    @property
+    def reports_dir(self) -> Path:
+        return Path(self.home) / "reports"
+
+    def is_dry_run(self, context: dg.AssetExecutionContext) -> bool:
+        return self.dry_run or context.run.tags.get("trueup/dry_run", "false").lower() == "true"
+
+
+class WarehouseIOManager(dg.ConfigurableIOManager):
+    """Every asset's result as a Parquet file (tables) or JSON file (summaries) in the local
+    warehouse, one file per asset and partition, replaced atomically on re-execution."""
+
+    root: str
+
+    def _parts(self, context: dg.OutputContext | dg.InputContext) -> list[str]:
+        parts = list(context.asset_key.path)
+        if context.has_asset_partitions:
+            keys = context.asset_partition_keys
+            parts.append(keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]}")
+        return parts
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        wh = Warehouse(self.root)
+        parts = self._parts(context)
+        if isinstance(obj, pa.Table):
+            path = wh.write(obj, *parts)
+            context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "rows": obj.num_rows})
+        else:
+            path = wh.path(*parts).with_suffix(".json")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(obj, default=str, indent=2))
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        wh = Warehouse(self.root)
+        parts = self._parts(context)
+        table = wh.read(*parts)
+        if table is not None:
+            return table
+        path = wh.path(*parts).with_suffix(".json")
+        if not path.exists():
+            raise FileNotFoundError(f"{'/'.join(parts)} has not been materialised yet ({path})")
+        return json.loads(path.read_text())

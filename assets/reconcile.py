@@ -1,16 +1,19 @@
-"""Per-domain reconciliation assets: staged -> matched -> golden -> plan -> writeback."""
+"""Per-domain reconciliation assets: staged -> matched -> golden -> plan -> writeback (per system)."""
 
-
+import json
 from datetime import datetime, timezone
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from checks.asset_checks import contract_result, contract_spec, gate_result, gate_spec
 from resources.project import TrueupSettings
 from resources.state import StateStoreResource
 from trueup import reconcile, steps
 from trueup.reconcile import CROSSWALK_SCHEMA
+
+GATE_KEY = b"trueup.gate"  # plan metadata: {system: reason} for systems nothing may be written to
 
 
 def _counts_md(table: pa.Table, limit: int = 20) -> str:
@@ -22,59 +25,6 @@ def _counts_md(table: pa.Table, limit: int = 20) -> str:
     return "\n".join(lines)
 
 
-def domain_assets(domain: str, systems: list[str]) -> list[dg.AssetsDefinition]:
-    extract_keys = {s: dg.AssetKey(f"{s}_{domain}_extract") for s in systems}
-
-    @dg.asset(name=f"{domain}_staged", group_name=domain,
-              ins={s: dg.AssetIn(key=k) for s, k in extract_keys.items()},
-              description=f"Every system's {domain} records in the canonical model, with lineage.")
-    def staged(context: dg.AssetExecutionContext, trueup: TrueupSettings, state: StateStoreResource, **raw):
-        result = steps.stage(domain, raw, trueup.config, datetime.now(timezone.utc))
-        state.store().record_quarantine(context.run_id, result.issues)
-        trueup.warehouse.write(result.issues, "quarantine", domain)
-        context.add_output_metadata({
-            "rows": result.table.num_rows,
-            "quarantined_values": result.issues.num_rows,
-            **{f"rows_{s}": raw[s].num_rows for s in raw},
-        })
-        return result.table
-
-    @dg.asset(name=f"{domain}_matched", group_name=domain, ins={"staged": dg.AssetIn(f"{domain}_staged")},
-              description=f"{domain} records with stable golden ids (the crosswalk persists across runs).")
-    def matched(context: dg.AssetExecutionContext, trueup: TrueupSettings, staged: pa.Table):
-        wh = trueup.warehouse
-        issues = wh.read("quarantine", domain)
-        crosswalk = wh.read("state", "crosswalk", domain)
-        out, crosswalk = reconcile.match(domain, staged, crosswalk, issues)
-        wh.write(crosswalk.cast(CROSSWALK_SCHEMA), "state", "crosswalk", domain)
-        held = out.filter(out.column("held")).num_rows
-        context.add_output_metadata({
-            "records": out.num_rows, "golden_records": len(set(out.column("golden_id").to_pylist())),
-            "held_in_quarantine": held})
-        return out
-
-    @dg.asset(name=f"{domain}_golden", group_name=domain, ins={"matched": dg.AssetIn(f"{domain}_matched")},
-              description=f"The golden {domain} record per golden id: system-of-record rules applied.")
-    def golden(context: dg.AssetExecutionContext, trueup: TrueupSettings, matched: pa.Table):
-        out = reconcile.build_golden(domain, matched, trueup.config, datetime.now(timezone.utc).date())
-        context.add_output_metadata({"golden_records": out.num_rows})
-        return out
-
-    @dg.asset(name=f"{domain}_plan", group_name=domain,
-              ins={"matched": dg.AssetIn(f"{domain}_matched"), "golden": dg.AssetIn(f"{domain}_golden")},
-              description=f"Every correction each system needs for {domain}: field, old -> new, rule, severity.")
-    def plan(context: dg.AssetExecutionContext, trueup: TrueupSettings, matched: pa.Table, golden: pa.Table):
-        out = reconcile.build_plan(domain, matched, golden, trueup.config)
-        counts = steps.discrepancy_counts(out)
-        context.add_output_metadata({
-            "changes": out.num_rows,
-            "by_system_field": dg.MetadataValue.md(_counts_md(counts)),
-        })
-        return out
-
-    return [staged, matched, golden, plan]
-
-
 def writeback_targets(domain: str, config) -> list[str]:
     """The systems the rules may correct in this domain."""
     rules = config.rules.domains[domain]
@@ -84,23 +34,134 @@ def writeback_targets(domain: str, config) -> list[str]:
     return sorted(targets)
 
 
+def domain_assets(domain: str, systems: list[str], config) -> list[dg.AssetsDefinition]:
+    extract_keys = {s: dg.AssetKey(f"{s}_{domain}_extract") for s in systems}
+    staged_name = f"{domain}_staged"
+    # prices and stock are checked against the item master
+    reference_ins = {"item_master": dg.AssetIn("product_staged")} if domain in ("price", "inventory") else {}
+
+    @dg.asset(name=staged_name, group_name=domain,
+              ins={**{s: dg.AssetIn(key=k) for s, k in extract_keys.items()}, **reference_ins},
+              check_specs=[contract_spec(staged_name, s) for s in systems],
+              description=f"Every system's {domain} records in the canonical model, with lineage; rows "
+                          f"failing their contract are quarantined (held out of reconciliation).")
+    def staged(context: dg.AssetExecutionContext, trueup: TrueupSettings, state: StateStoreResource, **inputs):
+        from checks.contracts import Severities, validate
+
+        item_master = inputs.pop("item_master", None)
+        raw = inputs
+        unreadable = {s: (t.schema.metadata or {}).get(b"trueup.unreadable", b"").decode()
+                      for s, t in raw.items() if (t.schema.metadata or {}).get(b"trueup.unreadable")}
+        result = steps.stage(domain, raw, trueup.config, datetime.now(timezone.utc), unreadable=unreadable)
+        reference = _reference(domain, result.table, item_master, trueup.config)
+        severities = Severities(trueup.contracts_path)
+        issues, checks = [result.issues], []
+        for s in systems:
+            rows = result.table.filter(pc.equal(result.table.column("source_system"), s))
+            contract = validate(s, domain, rows, trueup.config, severities, reference)
+            found = contract.issues(rows)
+            issues.append(found)
+            checks.append((contract, found))
+        all_issues = pa.concat_tables(issues)
+        state.store().record_quarantine(context.run_id, all_issues)
+        trueup.warehouse.write(all_issues, "quarantine", domain)
+        held_keys = pc.count_distinct(all_issues.filter(pc.equal(all_issues.column("severity"), "error"))
+                                      .column("source_key")).as_py() if all_issues.num_rows else 0
+        yield dg.Output(result.table, metadata={
+            "rows": result.table.num_rows, "quarantined_rows": held_keys,
+            **{f"rows_{s}": raw[s].num_rows for s in raw},
+            **({"unreadable": json.dumps(unreadable)} if unreadable else {})})
+        for contract, found in checks:
+            errors = found.filter(pc.equal(found.column("severity"), "error")) if found.num_rows else found
+            yield contract_result(contract, len(set(errors.column("source_key").to_pylist())))
+
+    @dg.asset(name=f"{domain}_matched", group_name=domain, ins={"staged": dg.AssetIn(staged_name)},
+              description=f"{domain} records with stable golden ids (the crosswalk persists across runs).")
+    def matched(context: dg.AssetExecutionContext, trueup: TrueupSettings, staged: pa.Table):
+        wh = trueup.warehouse
+        issues = wh.read("quarantine", domain)
+        crosswalk = wh.read("state", "crosswalk", domain)
+        out, crosswalk = reconcile.match(domain, staged, crosswalk, issues)
+        wh.write(crosswalk.cast(CROSSWALK_SCHEMA), "state", "crosswalk", domain)
+        context.add_output_metadata({
+            "records": out.num_rows, "golden_records": pc.count_distinct(out.column("golden_id")).as_py(),
+            "held_in_quarantine": out.filter(out.column("held")).num_rows})
+        return out
+
+    @dg.asset(name=f"{domain}_golden", group_name=domain, ins={"matched": dg.AssetIn(f"{domain}_matched")},
+              description=f"The golden {domain} record per golden id: system-of-record rules applied.")
+    def golden(context: dg.AssetExecutionContext, trueup: TrueupSettings, matched: pa.Table):
+        out = reconcile.build_golden(domain, matched, trueup.config, datetime.now(timezone.utc).date())
+        context.add_output_metadata({"golden_records": out.num_rows})
+        return out
+
+    plan_name = f"{domain}_plan"
+
+    @dg.asset(name=plan_name, group_name=domain,
+              ins={"matched": dg.AssetIn(f"{domain}_matched"), "golden": dg.AssetIn(f"{domain}_golden")},
+              check_specs=[gate_spec(plan_name, s) for s in writeback_targets(domain, config)],
+              description=f"Every correction each system needs for {domain}: field, old -> new, rule, "
+                          f"severity; gated per system before anything is written.")
+    def plan(context: dg.AssetExecutionContext, trueup: TrueupSettings, matched: pa.Table, golden: pa.Table):
+        from checks.gates import evaluate
+
+        cfg = trueup.config
+        out = reconcile.build_plan(domain, matched, golden, cfg)
+        wb = cfg.settings.write_back
+        allow = {s.strip() for s in context.run.tags.get("trueup/allow_large_plan", "").split(",") if s.strip()}
+        required = {s: cfg.systems.entity(s, domain).required for s in cfg.systems.systems_with(domain)}
+        gates = evaluate(domain, out, matched, required=required, max_share=wb.max_change_share,
+                         min_records=wb.min_records, allow_large=allow)
+        blocked = {s: g.reason() for s, g in gates.items() if not g.passed}
+        out = out.replace_schema_metadata({GATE_KEY: json.dumps(blocked).encode()})
+        counts = steps.discrepancy_counts(out)
+        yield dg.Output(out, metadata={"changes": out.num_rows,
+                                       "blocked_systems": ", ".join(blocked) or "none",
+                                       "by_system_field": dg.MetadataValue.md(_counts_md(counts))})
+        for s in writeback_targets(domain, cfg):
+            if s in gates:
+                yield gate_result(gates[s])
+            else:
+                yield dg.AssetCheckResult(check_name=f"gate_{s}", passed=True, description="no changes planned")
+
+    return [staged, matched, golden, plan]
+
+
+def _reference(domain: str, staged: pa.Table, item_master: pa.Table | None, config) -> dict[str, list[str]]:
+    """Keys other records must point at: the item master's SKUs, each system's sold-tos."""
+    ref: dict[str, list[str]] = {}
+    if item_master is not None:
+        owner = config.rules.domains["product"].fields["status"].owner
+        rows = item_master.filter(pc.equal(item_master.column("source_system"), owner))
+        ref["item_master"] = pc.unique(rows.column("sku").drop_null()).to_pylist()
+    if domain == "customer":
+        sold = staged.filter(pc.equal(staged.column("role"), "sold_to"))
+        for s in pc.unique(sold.column("source_system")).to_pylist():
+            ref[f"{s}.sold_to"] = sold.filter(pc.equal(sold.column("source_system"), s)).column("source_key").to_pylist()
+    return ref
+
+
 def writeback_asset(domain: str, system: str) -> dg.AssetsDefinition:
     @dg.asset(name=f"{domain}_{system}_writeback", group_name=domain,
               ins={"plan": dg.AssetIn(f"{domain}_plan")}, required_resource_keys={system, "trueup", "state"},
               description=f"The {domain} corrections for the {system.upper()} applied, one outcome per "
-                          f"change, every one in the ledger.")
+                          f"change, every one in the ledger. Nothing is written if the plan's gate failed.")
     def writeback(context: dg.AssetExecutionContext, plan: pa.Table):
         trueup: TrueupSettings = context.resources.trueup
         state: StateStoreResource = context.resources.state
         cfg = trueup.config
+        blocked = json.loads((plan.schema.metadata or {}).get(GATE_KEY, b"{}"))
         rows = plan.filter(pc.equal(plan.column("target_system"), system))
         resource = getattr(context.resources, system)
+        dry_run = trueup.is_dry_run(context)
         out = steps.writeback(domain, rows, {system: resource.client(cfg)}, cfg, state.store(),
-                              context.run_id, dry_run=trueup.is_dry_run(context))
-        if out.num_rows and not trueup.is_dry_run(context):
+                              context.run_id, dry_run=dry_run,
+                              blocked={system: f"gate failed: {blocked[system]}"} if system in blocked else None)
+        if out.num_rows and not dry_run and system not in blocked:
             resource.after_writeback()
         by_status = dict(zip(*out.group_by("status").aggregate([("change_id", "count")]).to_pydict().values()))
-        context.add_output_metadata({"changes": out.num_rows, **{f"changes_{k}": v for k, v in by_status.items()}})
+        context.add_output_metadata({"changes": out.num_rows, **{f"changes_{k}": v for k, v in by_status.items()},
+                                     **({"blocked": blocked[system]} if system in blocked else {})})
         failed = out.filter(pc.equal(out.column("status"), "retryable_error"))
         if failed.num_rows and failed.num_rows == out.num_rows:
             # nothing got through: the system is down; fail this step loudly, the others go on

@@ -68,7 +68,7 @@ def build_definitions(home: str | Path | None = None, config_dir: str | Path | N
     for domain in DOMAINS:
         systems = config.systems.systems_with(domain)
         assets += [extract_asset(s, domain, config.systems.systems[s].kind) for s in systems]
-        assets += domain_assets(domain, systems)
+        assets += domain_assets(domain, systems, config)
         for target in writeback_targets(domain, config):
             wb = writeback_asset(domain, target)
             assets.append(wb)

@@ -30,6 +30,10 @@ class TrueupSettings(dg.ConfigurableResource):
         return self._config
 
     @property
+    def contracts_path(self) -> Path:
+        return Path(self.config_dir) / "contracts.yaml"
+
+    @property
     def warehouse(self) -> Warehouse:
         return Warehouse(Path(self.home) / "warehouse")
 

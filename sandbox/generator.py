@@ -74,6 +74,13 @@ def _ts(base: datetime, rng: np.random.Generator, n: int, days: int = 300) -> np
         "%Y-%m-%d %H:%M:%S").to_numpy()
 
 
+def _postal(country: str, prefix: str, k: int) -> str:
+    """A postal code in the country's own format (Canada: A1A 1A1; elsewhere five digits)."""
+    if country == "CA":
+        return f"{prefix} {k // 10}{'ABCEGHJKLMNPRSTVXY'[k % 18]}{k % 10}"
+    return prefix + f"{k:02d}"
+
+
 def _pick(rng, arr, n):
     return np.asarray(arr, dtype=object)[rng.integers(0, len(arr), n)]
 
@@ -148,7 +155,8 @@ def build(root: str | Path, scale: float = 1.0, seed: int = 7, today: date | Non
     cities = [COUNTRIES[c][5][k % len(COUNTRIES[c][5])] for c, k in zip(cust["country"], city_pick)]
     cust["city"] = [c[0] for c in cities]
     cust["region"] = [c[1] for c in cities]
-    cust["postal"] = [c[2] + f"{k:02d}" for c, k in zip(cities, rng.integers(10, 99, nc))]
+    cust["postal"] = [_postal(country_code, c[2], k) for country_code, c, k in
+                      zip(cust["country"], cities, rng.integers(10, 99, nc))]
     cust.loc[cust["role"] != "sold_to", "name"] = [
         f"{parent_name[p]} - {c}" for p, c in zip(cust.loc[cust["role"] != "sold_to", "parent"],
                                                     cust.loc[cust["role"] != "sold_to", "city"])]

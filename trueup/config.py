@@ -83,6 +83,7 @@ class EntityMap(Strict):
     updated_at: str | None = None
     create_key: Literal["golden_id"] | None = None
     adjustments: Adjustments | None = None
+    required: list[str] = []  # canonical fields this system never accepts blank
     fields: dict[str, FieldMap]
 
     @field_validator("fields", mode="before")
@@ -136,6 +137,9 @@ class SystemConfig(Strict):
                     )
             if not domain.natural_key and "match_key" not in em.fields:
                 raise ValueError(f"entity {entity!r} needs a `match_key` mapping")
+            unknown_required = [f for f in em.required if f not in em.fields]
+            if unknown_required:
+                raise ValueError(f"entity {entity!r}: required field(s) {unknown_required} are not mapped")
             missing = [k for k in domain.natural_key if k not in em.fields]
             if missing:
                 raise ValueError(f"entity {entity!r} must map its natural key fields {missing}")
@@ -322,8 +326,17 @@ class Schedule(Strict):
         return v
 
 
+class WriteBack(Strict):
+    """How write-back protects the systems: the circuit breaker's limit on the share of a
+    system's records one plan may change (small systems, under min_records, are exempt)."""
+
+    max_change_share: float = Field(default=0.10, gt=0, le=1)
+    min_records: int = Field(default=20, ge=0)
+
+
 class Settings(Strict):
     schedule: Schedule = Schedule()
+    write_back: WriteBack = WriteBack()
 
 
 class Config(BaseModel):

@@ -93,7 +93,10 @@ def match(
         bad AS (
             SELECT DISTINCT c.golden_id FROM c JOIN issues i
               ON i.severity = 'error' AND i.source_system = c.source_system
-             AND (i.source_key = c.source_key OR (i.source_key = '<no key>' AND i.match_key = c.match_key)))
+             AND (i.source_key = c.source_key OR (i.source_key = '<no key>' AND i.match_key = c.match_key))
+            -- a system whose whole extract could not be read (schema drift) holds the domain
+            UNION SELECT golden_id FROM c WHERE EXISTS
+              (SELECT 1 FROM issues WHERE severity = 'error' AND source_key = '<all>'))
         {parent_sql}
         SELECT c.*, {"p.parent_golden_id" if parent_sql else "NULL::VARCHAR AS parent_golden_id"},
                c.golden_id IN (SELECT golden_id FROM bad) AS held

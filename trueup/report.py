@@ -33,10 +33,11 @@ def summarise(run_id: str, *, dry_run: bool, read: pa.Table, quarantined: pa.Tab
                            FROM o GROUP BY ALL ORDER BY domain, target_system, n DESC, kind""").to_pylist():
         d = domains.setdefault(r["domain"], {"read": {}, "quarantined": {}, "discrepancies": {}, "corrections": {}})
         d["discrepancies"].setdefault(r["target_system"], {})[r["kind"]] = r["n"]
-    for r in fetch(con, """SELECT domain, target_system, status, count(*) AS n FROM o
-                           GROUP BY ALL ORDER BY domain, target_system, status""").to_pylist():
+    for r in fetch(con, """SELECT domain, target_system, status,
+                                  count(DISTINCT CASE WHEN action = 'create' THEN target_key ELSE change_id END) AS n
+                           FROM o GROUP BY ALL ORDER BY domain, target_system, status""").to_pylist():
         domains[r["domain"]]["corrections"].setdefault(r["target_system"], {})[r["status"]] = r["n"]
-    totals = fetch(con, "SELECT status, count(*) AS n FROM o GROUP BY ALL ORDER BY status").to_pylist()
+    totals = fetch(con, "SELECT status, count(*) AS n FROM o GROUP BY ALL ORDER BY status").to_pylist()  # plan rows
     con.close()
     return {"run_id": run_id, "dry_run": dry_run, "domains": domains,
             "totals": {t["status"]: t["n"] for t in totals}}

@@ -32,11 +32,20 @@ class Staged:
 
 
 def stage(domain: str, raw: dict[str, pa.Table], config: Config,
-          extracted_at: datetime | None = None) -> Staged:
-    """Every system's extract of a domain, mapped to the canonical model, as one table."""
+          extracted_at: datetime | None = None, unreadable: dict[str, str] | None = None) -> Staged:
+    """Every system's extract of a domain, mapped to the canonical model, as one table.
+
+    `unreadable` names systems whose extract cannot be trusted this run (schema drift), with the
+    reason: their rows are not staged and the whole domain is held (an issue for key `<all>`)."""
     extracted_at = extracted_at or datetime.now(timezone.utc)
     tables, issues = [], []
+    for system, reason in (unreadable or {}).items():
+        issues.append(pa.Table.from_pylist([{
+            "source_system": system, "entity": domain, "source_key": "<all>", "match_key": None,
+            "field": None, "column": None, "problem": reason, "severity": "error"}], schema=ISSUE_SCHEMA))
     for system, table in raw.items():
+        if system in (unreadable or {}):
+            continue
         mapped = to_canonical(table, system=system, entity=domain,
                               mapping=config.systems.entity(system, domain), extracted_at=extracted_at)
         tables.append(mapped.staged)
@@ -65,6 +74,8 @@ def writeback(domain: str, plan: pa.Table, clients: dict[str, SystemClient], con
                                 "status": pa.array([status] * rows.num_rows, pa.string()),
                                 "error": pa.array([reason] * rows.num_rows, pa.string()),
                                 "attempts": pa.array([0] * rows.num_rows, pa.int32())}, schema=OUTCOME_SCHEMA)
+            if not dry_run:  # a blocked change is a decision worth auditing; a dry run is not
+                state.record(run_id, domain, rows, outcome)
         else:
             try:
                 outcome = apply_plan(clients[system], system, domain, config.systems.entity(system, domain), rows)

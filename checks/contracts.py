@@ -1,0 +1,221 @@
+"""Data contracts as Great Expectations suites, one per system x entity, built in code from the
+canonical model and the systems' mappings (so a contract always matches what a system maps).
+
+They run on each system's canonical rows, after mapping (so "E.164 after normalisation" and "ISO
+country" mean what they say). Every failing row is found with GX's COMPLETE result format and its
+key recorded: error-severity failures quarantine the row, warn-severity ones are reported only.
+No raw value leaves this module: results carry keys and counts, never the failing values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import yaml
+
+from trueup.config import Config
+from trueup.mapping import ISSUE_SCHEMA
+from trueup.model import DOMAINS
+
+EMAIL = r"^[a-z0-9._%+'-]+@[a-z0-9.-]+\.[a-z]{2,}$"
+E164 = r"^\+[1-9][0-9]{6,14}$"
+POSTAL = {  # the countries the landscape trades in; others are not checked
+    "US": r"^[0-9]{5}(?:-[0-9]{4})?$", "CA": r"^[A-Z][0-9][A-Z] ?[0-9][A-Z][0-9]$", "DE": r"^[0-9]{5}$",
+    "GB": r"^[A-Z]{1,2}[0-9][A-Z0-9]? ?[0-9][A-Z]{2}$", "FR": r"^[0-9]{5}$", "NL": r"^[0-9]{4} ?[A-Z]{2}$",
+}
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """One contract clause: an id the business can name, the GX expectation, the field it is about."""
+
+    id: str
+    field: str | None
+    gx: Any
+
+
+@dataclass
+class ExpectationResult:
+    id: str
+    field: str | None
+    severity: str
+    success: bool
+    unexpected_count: int
+    keys: list[str] = field(default_factory=list)  # every failing row's key (not a sample)
+    error: str | None = None  # the expectation could not run (e.g. a missing column)
+
+
+@dataclass
+class ContractResult:
+    system: str
+    entity: str
+    rows: int
+    results: list[ExpectationResult]
+
+    @property
+    def failed(self) -> list[ExpectationResult]:
+        return [r for r in self.results if not r.success]
+
+    @property
+    def passed(self) -> bool:
+        return not any(r.severity == "error" for r in self.failed)
+
+    def issues(self, staged: pa.Table) -> pa.Table:
+        """One issue row per failing key and expectation (ISSUE_SCHEMA), for the quarantine."""
+        rows = [{"source_system": self.system, "entity": self.entity, "source_key": k, "match_key": None,
+                 "field": r.field, "column": r.field, "problem": f"contract {r.id} failed",
+                 "severity": r.severity}
+                for r in self.failed for k in r.keys]
+        return pa.Table.from_pylist(rows, schema=ISSUE_SCHEMA)
+
+
+@lru_cache(maxsize=1)
+def _gx():
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    return gx, gxe
+
+
+@lru_cache(maxsize=1)
+def _iso_sets() -> tuple[list[str], list[str]]:
+    import pycountry
+
+    return sorted(c.alpha_2 for c in pycountry.countries), sorted(c.alpha_3 for c in pycountry.currencies)
+
+
+def expectations(system: str, entity: str, config: Config, reference: dict[str, list[str]] | None = None
+                 ) -> list[Expectation]:
+    """The contract of one system's entity: only clauses about fields the system maps."""
+    _, gxe = _gx()
+    countries, currencies = _iso_sets()
+    mapped = set(config.systems.entity(system, entity).fields)
+    reference = reference or {}
+    out = [Expectation("key_not_null", None, gxe.ExpectColumnValuesToNotBeNull(column="source_key")),
+           Expectation("key_unique", None, gxe.ExpectColumnValuesToBeUnique(column="source_key"))]
+
+    def has(f: str) -> bool:
+        return f in mapped
+
+    def non_negative(f: str, name: str | None = None) -> None:
+        if has(f):
+            out.append(Expectation(name or f"{f}_non_negative", f,
+                                   gxe.ExpectColumnValuesToBeBetween(column=f, min_value=0)))
+
+    if entity == "customer":
+        if has("email"):
+            out.append(Expectation("email_format", "email", gxe.ExpectColumnValuesToMatchRegex(column="email", regex=EMAIL)))
+        if has("phone"):
+            out.append(Expectation("phone_e164", "phone", gxe.ExpectColumnValuesToMatchRegex(column="phone", regex=E164)))
+        if has("country"):
+            out.append(Expectation("country_iso", "country", gxe.ExpectColumnValuesToBeInSet(column="country", value_set=countries)))
+            if has("postal_code"):
+                for c, rx in POSTAL.items():
+                    out.append(Expectation("postal_code_format", "postal_code", gxe.ExpectColumnValuesToMatchRegex(
+                        column="postal_code", regex=rx, row_condition=f'country=="{c}"', condition_parser="pandas")))
+        if has("currency"):
+            out.append(Expectation("currency_iso", "currency", gxe.ExpectColumnValuesToBeInSet(column="currency", value_set=currencies)))
+        non_negative("credit_limit")
+        if has("role"):
+            out.append(Expectation("role_known", "role", gxe.ExpectColumnValuesToBeInSet(
+                column="role", value_set=["sold_to", "ship_to", "bill_to", "payer"])))
+            if has("parent_key"):
+                # every ship-to hangs under a sold-to of the same system
+                out.append(Expectation("ship_to_has_sold_to", "parent_key", gxe.ExpectColumnValuesToBeInSet(
+                    column="parent_key", value_set=reference.get(f"{system}.sold_to", []),
+                    row_condition='role=="ship_to"', condition_parser="pandas")))
+                out.append(Expectation("ship_to_has_sold_to", "parent_key", gxe.ExpectColumnValuesToNotBeNull(
+                    column="parent_key", row_condition='role=="ship_to"', condition_parser="pandas")))
+    elif entity == "product":
+        if has("gtin"):
+            out.append(Expectation("gtin_format", "gtin", gxe.ExpectColumnValuesToMatchRegex(column="gtin", regex=r"^(?:[0-9]{8}|[0-9]{12,14})$")))
+        if has("case_qty"):
+            out.append(Expectation("case_qty_positive", "case_qty", gxe.ExpectColumnValuesToBeBetween(column="case_qty", min_value=1)))
+        non_negative("weight_kg")
+    elif entity == "price":
+        out.append(Expectation("price_positive", "unit_price", gxe.ExpectColumnValuesToBeBetween(
+            column="unit_price", min_value=0, strict_min=True)))
+        out.append(Expectation("min_qty_positive", "min_qty", gxe.ExpectColumnValuesToBeBetween(column="min_qty", min_value=1)))
+        if has("currency"):
+            out.append(Expectation("currency_iso", "currency", gxe.ExpectColumnValuesToBeInSet(column="currency", value_set=currencies)))
+        if has("valid_from") and has("valid_to"):
+            out.append(Expectation("valid_from_before_valid_to", "valid_to", gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                column_A="valid_to", column_B="valid_from", or_equal=True, ignore_row_if="either_value_is_missing")))
+    elif entity == "inventory":
+        for f in ("on_hand", "allocated", "reserved", "in_transit", "returns_pending"):
+            non_negative(f, f"{f}_non_negative")
+    if entity in ("price", "inventory") and "item_master" in reference:
+        out.append(Expectation("sku_in_item_master", "sku", gxe.ExpectColumnValuesToBeInSet(
+            column="sku", value_set=reference["item_master"])))
+    return out
+
+
+def _exception(info) -> str | None:
+    """The message of an expectation that could not run (GX nests it per metric), else None."""
+    if not info:
+        return None
+    if isinstance(info, dict) and "raised_exception" in info:
+        return str(info.get("exception_message")) if info.get("raised_exception") else None
+    if isinstance(info, dict):
+        for v in info.values():
+            msg = _exception(v) if isinstance(v, dict) else None
+            if msg:
+                return msg
+    return None
+
+
+class Severities:
+    """Severity per expectation from config/contracts.yaml."""
+
+    def __init__(self, path: str | Path | None):
+        data = yaml.safe_load(Path(path).read_text()) if path and Path(path).exists() else {}
+        self.default = data.get("default", "error")
+        self.map = data.get("severity", {}) or {}
+        for k, v in self.map.items():
+            if v not in ("error", "warn"):
+                raise ValueError(f"{path}: severity of {k} must be error or warn, not {v!r}")
+
+    def of(self, system: str, entity: str, expectation_id: str) -> str:
+        return self.map.get(f"{system}.{entity}.{expectation_id}",
+                            self.map.get(f"{entity}.{expectation_id}", self.default))
+
+
+def validate(system: str, entity: str, staged: pa.Table, config: Config, severities: Severities,
+             reference: dict[str, list[str]] | None = None) -> ContractResult:
+    """Validate one system's canonical rows of one entity against its contract."""
+    gx, _ = _gx()
+    exps = expectations(system, entity, config, reference)
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")  # never a file-backed gx/ folder
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch = (context.data_sources.add_pandas("trueup").add_dataframe_asset(f"{system}_{entity}")
+             .add_batch_definition_whole_dataframe("all")
+             .get_batch(batch_parameters={"dataframe": staged.to_pandas(types_mapper=None)}))
+    for i, e in enumerate(exps):  # results do not come back in suite order: tag each clause
+        e.gx.meta = {"trueup_clause": i}
+    suite = gx.ExpectationSuite(name=f"{system}.{entity}", expectations=[e.gx for e in exps])
+    run = batch.validate(suite, result_format={"result_format": "COMPLETE",
+                                               "unexpected_index_column_names": ["source_key"]})
+    by_id: dict[str, ExpectationResult] = {}
+    for res in run.results:
+        exp = exps[res.expectation_config.meta["trueup_clause"]]
+        keys = [str(r.get("source_key")) for r in (res.result or {}).get("unexpected_index_list") or []]
+        exc = _exception(res.exception_info)
+        raised = exc is not None
+        r = by_id.setdefault(exp.id, ExpectationResult(exp.id, exp.field, severities.of(system, entity, exp.id),
+                                                       True, 0))
+        r.success = r.success and bool(res.success) and not raised
+        r.unexpected_count += int((res.result or {}).get("unexpected_count") or 0)
+        r.keys.extend(keys)
+        if raised:
+            r.error = exc[:300]
+    for r in by_id.values():
+        r.keys = sorted(set(r.keys))
+    return ContractResult(system, entity, staged.num_rows, list(by_id.values()))

@@ -3,7 +3,8 @@ demo, and score a run against the demo's ground truth.
 
     trueup run                 build the demo if absent, run the nightly job, print the summary
     trueup run --dry-run       plan and report, write nothing
-    trueup demo build [--scale 10]
+    trueup demo build [--scale 10]     the ERP (and a `kind: sql` WMS) go to TRUEUP_ERP_URL /
+                               TRUEUP_WMS_URL when set, e.g. with TRUEUP_CONFIG_DIR=config/profiles/servers
     trueup score [--run RUN_ID]
 """
 
@@ -21,6 +22,16 @@ def _home(args) -> Path:
     return Path(args.home or os.environ.get("TRUEUP_HOME", ".trueup")).resolve()
 
 
+def _backends():
+    """Where the demo's ERP and WMS go: the config says whether the WMS is SQL, the environment
+    gives the URLs (never printed)."""
+    from sandbox.generator import backends_for
+    from trueup.config import Config
+
+    repo_config = Path(__file__).resolve().parent.parent / "config"
+    return backends_for(Config.load(os.environ.get("TRUEUP_CONFIG_DIR", repo_config)))
+
+
 def _ensure_demo(home: Path, scale: float, rebuild: bool, seed: int = 7) -> None:
     from sandbox.generator import build
 
@@ -36,8 +47,9 @@ def _ensure_demo(home: Path, scale: float, rebuild: bool, seed: int = 7) -> None
             elif p.exists():
                 p.unlink()
         t = time.perf_counter()
-        info = build(demo, scale=scale, seed=seed)
-        print(f"built the demo landscape (scale {scale}) in {time.perf_counter() - t:.1f}s: "
+        info = build(demo, scale=scale, seed=seed, backends=_backends())
+        print(f"built the demo landscape (scale {scale}; ERP in {info['backends']['erp']}, WMS in "
+              f"{info['backends']['wms']}) in {time.perf_counter() - t:.1f}s: "
               f"{info['discrepancies']} injected discrepancies -> {demo}")
 
 

@@ -5,7 +5,8 @@ Where things are comes from the environment, read here (never at engine import):
     TRUEUP_CONFIG_DIR  systems.yaml, rules.yaml, trueup.yaml (default: the repository's config/)
     TRUEUP_ERP_URL     SQLAlchemy URL of the ERP (secret; default: the demo's SQLite file)
     TRUEUP_CRM_URL / TRUEUP_CRM_TOKEN   the CRM's API (secret; default: the CRM sandbox)
-    TRUEUP_WMS_DIR     the WMS's file-drop folder (default: the demo's)
+    TRUEUP_WMS_DIR     the WMS's file-drop folder (default: the demo's), when the WMS is `kind: files`
+    TRUEUP_WMS_URL     SQLAlchemy URL of the WMS (secret; default: the demo's wms.sqlite), when it is `kind: sql`
     TRUEUP_STATE_URL   SQLAlchemy URL of the state store (default: SQLite under TRUEUP_HOME)
 """
 
@@ -41,7 +42,9 @@ def system_resources(home: Path, config: Config, **sandbox_kw) -> dict[str, dg.C
     for name, system in config.systems.systems.items():
         env = f"TRUEUP_{name.upper()}"
         if system.kind == "sql":
-            res[name] = SqlSystemResource(system=name, url=_secret_or(f"{env}_URL", f"sqlite:///{demo / 'erp.sqlite'}"))
+            # any SQL system (the ERP, a WMS with its own database): TRUEUP_<NAME>_URL, else the
+            # demo's SQLite file of that name
+            res[name] = SqlSystemResource(system=name, url=_secret_or(f"{env}_URL", f"sqlite:///{demo / f'{name}.sqlite'}"))
         elif system.kind == "rest":
             if os.environ.get(f"{env}_URL"):
                 res[name] = RestSystemResource(system=name, base_url=dg.EnvVar(f"{env}_URL"),

@@ -4,6 +4,8 @@
     erp.sqlite                   the ERP (customer master, item master, price lists, stock)
     crm/crm.sqlite               the CRM sandbox's data (served over HTTP by sandbox.crm)
     wms/state, wms/exports/...   the WMS's master data and its nightly export drop
+With `backends=Backends(erp_url=..., wms_kind="sql", wms_url=...)` (see `backends_for`) the ERP
+goes into that database instead (PostgreSQL, MariaDB, ...) and the WMS becomes SQL tables.
     ground_truth.csv             every injected discrepancy and the correction it calls for
     landscape.json               seed, scale, sizes and the reference date
 
@@ -18,6 +20,7 @@ import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -111,8 +114,10 @@ class Truth:
 
 
 def build(root: str | Path, scale: float = 1.0, seed: int = 7, today: date | None = None,
-          drift: float = 0.02) -> dict:
-    """Build the landscape under `root` (replacing one that is there)."""
+          drift: float = 0.02, backends: "Backends | None" = None) -> dict:
+    """Build the landscape under `root` (replacing one that is there); the ERP and the WMS where
+    `backends` says (default: SQLite file and export files under `root`)."""
+    backends = backends or Backends()
     root = Path(root)
     if root.exists():
         shutil.rmtree(root)
@@ -349,12 +354,19 @@ def build(root: str | Path, scale: float = 1.0, seed: int = 7, today: date | Non
               erp_i.loc[idx, "sku"] + "|" + erp_i.loc[idx, "location"], "on_hand", wms_i.loc[idx, "on_hand"].astype(str))
 
     # ================================================================== write the systems
-    _write_erp(root / "erp.sqlite", erp_c, erp_p, erp_pr, erp_i)
+    if backends.erp_url:
+        _write_erp_sql(backends.erp_url, erp_c, erp_p, erp_pr, erp_i)
+    else:
+        _write_erp(root / "erp.sqlite", erp_c, erp_p, erp_pr, erp_i)
     _write_crm(root / "crm" / "crm.sqlite", crm_c, crm_p, crm_pr, crm_of)
-    _write_wms(root / "wms", wms_c, wms_p, wms_i, now)
+    if backends.wms_kind == "sql":
+        _write_wms_sql(backends.wms_url or f"sqlite:///{root / 'wms.sqlite'}", wms_c, wms_p, wms_i)
+    else:
+        _write_wms(root / "wms", wms_c, wms_p, wms_i, now)
     gt = truth.frame()
     gt.to_csv(root / "ground_truth.csv", index=False)
     meta = {"seed": seed, "scale": scale, "today": today.isoformat(), "drift": drift,
+            "backends": backends.describe(),
             "sizes": {"customers_erp": len(erp_c), "accounts_crm": len(crm_c), "ship_tos_wms": len(wms_c),
                       "products": nk, "prices_erp": len(erp_pr), "inventory_rows": ni},
             "discrepancies": int(len(gt)), "by_kind": gt["kind"].value_counts().sort_index().to_dict()}
@@ -454,3 +466,221 @@ def _write_wms(root: Path, c: pd.DataFrame, p: pd.DataFrame, i: pd.DataFrame, no
         "reserved": s(i["reserved"].astype(int)), "in_transit": s(i["in_transit"].astype(int)),
         "returns_pending": s(i["returns"].astype(int)), "counted_at": s(i["updated_at"])}))
     wms.export(now - timedelta(hours=2))
+
+
+# ====================================================================== server backends
+# The same landscape in any SQLAlchemy database: the ERP's tables (and, when the config makes
+# the WMS a SQL system, the WMS's) created with portable types, so PostgreSQL gets NUMERIC,
+# TIMESTAMPTZ and BOOLEAN, MariaDB DECIMAL, DATETIME(6) and utf8mb4 text.
+
+
+@dataclass
+class Backends:
+    """Where the generator puts the ERP and the WMS. URLs may carry credentials: they come from
+    the environment and are never written to landscape.json or printed (`describe` names the
+    database make only)."""
+
+    erp_url: str | None = None  # None: erp.sqlite under the demo root
+    wms_kind: str = "files"  # files | sql (from the WMS's `kind` in systems.yaml)
+    wms_url: str | None = None  # for a SQL WMS; None: wms.sqlite under the demo root
+
+    def describe(self) -> dict:
+        import sqlalchemy as sa
+
+        make = lambda url: sa.engine.make_url(url).get_backend_name() if url else "sqlite"  # noqa: E731
+        return {"erp": make(self.erp_url),
+                "wms": make(self.wms_url) if self.wms_kind == "sql" else "files"}
+
+
+def backends_for(config, environ=None) -> Backends:
+    """Backends from the config (is the WMS `kind: sql`?) and the environment (TRUEUP_ERP_URL,
+    TRUEUP_WMS_URL): the same variables the Dagster definitions read."""
+    import os
+
+    env = os.environ if environ is None else environ
+    systems = config.systems.systems
+    wms_kind = systems["wms"].kind if "wms" in systems else "files"
+    return Backends(erp_url=env.get("TRUEUP_ERP_URL") or None, wms_kind=wms_kind,
+                    wms_url=(env.get("TRUEUP_WMS_URL") or None) if wms_kind == "sql" else None)
+
+
+def _sql_types():
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import mysql
+
+    key = sa.String(64)
+    text = sa.String(255)  # MariaDB indexes and keys need a length; 255 covers every demo value
+    ts = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+    return sa, key, text, ts
+
+
+def _erp_metadata():
+    sa, key, text, ts = _sql_types()
+    md = sa.MetaData()
+    sa.Table("erp_customer", md, sa.Column("customer_number", key, primary_key=True),
+             sa.Column("account_group", sa.String(8), nullable=False), sa.Column("parent_number", key),
+             *[sa.Column(c, text) for c in ("name", "tax_id", "street", "street2", "city", "region",
+                                             "postal_code", "country", "email", "phone", "credit_status")],
+             sa.Column("credit_limit", sa.Numeric(18, 2)),
+             *[sa.Column(c, text) for c in ("payment_terms", "currency", "company_code")],
+             sa.Column("is_active", sa.Boolean), sa.Column("updated_at", ts))
+    sa.Table("erp_item", md, sa.Column("item_number", key, primary_key=True),
+             *[sa.Column(c, text) for c in ("gtin", "mpn", "description", "base_uom")],
+             sa.Column("case_qty", sa.Integer), sa.Column("pallet_qty", sa.Integer),
+             sa.Column("weight_kg", sa.Numeric(12, 4)), sa.Column("status", sa.String(8)),
+             sa.Column("category", text), sa.Column("updated_at", ts))
+    sa.Table("erp_price", md, sa.Column("price_list", key, primary_key=True),
+             sa.Column("item_number", key, primary_key=True), sa.Column("uom", sa.String(8), primary_key=True),
+             sa.Column("min_qty", sa.Integer, primary_key=True, autoincrement=False),
+             sa.Column("currency", sa.String(3)), sa.Column("unit_price", sa.Numeric(18, 4)),
+             sa.Column("valid_from", sa.Date), sa.Column("valid_to", sa.Date),
+             sa.Column("is_promo", sa.Boolean), sa.Column("is_active", sa.Boolean), sa.Column("updated_at", ts))
+    sa.Table("erp_stock", md, sa.Column("item_number", key, primary_key=True),
+             sa.Column("warehouse", key, primary_key=True), sa.Column("on_hand", sa.BigInteger),
+             sa.Column("allocated", sa.BigInteger), sa.Column("updated_at", ts))
+    sa.Table("erp_stock_adjustment", md, sa.Column("adjustment_id", sa.BigInteger().with_variant(
+                 sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+             sa.Column("item_number", key), sa.Column("warehouse", key), sa.Column("quantity", sa.BigInteger),
+             sa.Column("reason", sa.Text), sa.Column("reference", sa.String(64)), sa.Column("posted_at", ts))
+    return md
+
+
+ERP_VIEW = """CREATE VIEW erp_stock_position AS
+  SELECT s.item_number, s.warehouse, s.on_hand + COALESCE(a.qty, 0) AS on_hand, s.allocated,
+         CASE WHEN a.last_posted > s.updated_at THEN a.last_posted ELSE s.updated_at END AS updated_at
+  FROM erp_stock s LEFT JOIN (SELECT item_number, warehouse, SUM(quantity) AS qty, MAX(posted_at) AS last_posted
+                              FROM erp_stock_adjustment GROUP BY item_number, warehouse) a
+    ON a.item_number = s.item_number AND a.warehouse = s.warehouse"""
+
+
+def _engine(url: str):
+    import sqlalchemy as sa
+
+    return sa.create_engine(url, future=True)
+
+
+def _aware(values) -> list:
+    """Naive-UTC timestamp text as aware datetimes: a server stores the instant, not the text."""
+    return list(pd.to_datetime(pd.Series(values), utc=True).dt.to_pydatetime())
+
+
+def _none(values) -> list:
+    return [None if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in values]
+
+
+def _records(columns: dict) -> list[dict]:
+    """Row dicts of plain Python values (no numpy or pandas scalars, NaN as None) from columns;
+    a scalar is repeated down the column."""
+    n = max(len(v) for v in columns.values() if not np.isscalar(v))
+
+    def plain(v):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return None
+        if isinstance(v, pd.Timestamp):
+            return v.to_pydatetime()
+        return v.item() if isinstance(v, np.generic) else v
+
+    cols = {k: ([v] * n if np.isscalar(v) else list(v)) for k, v in columns.items()}
+    return [{k: plain(cols[k][r]) for k in cols} for r in range(n)]
+
+
+def _replace_tables(engine, md, views: tuple[str, ...] = ()) -> None:
+    import sqlalchemy as sa
+
+    with engine.begin() as conn:
+        for v in views:
+            conn.execute(sa.text(f"DROP VIEW IF EXISTS {v}"))
+    md.drop_all(engine)
+    md.create_all(engine)
+
+
+def _write_erp_sql(url: str, c: pd.DataFrame, p: pd.DataFrame, pr: pd.DataFrame, i: pd.DataFrame) -> None:
+    """The ERP in a server database: same tables and view as erp.sqlite, typed."""
+    import sqlalchemy as sa
+
+    md = _erp_metadata()
+    engine = _engine(url)
+    try:
+        _replace_tables(engine, md, views=("erp_stock_position",))
+        tables = md.tables
+        with engine.begin() as conn:
+            conn.execute(sa.text(ERP_VIEW))
+            conn.execute(tables["erp_customer"].insert(), _records({
+                "customer_number": c["erp"], "account_group": c["role"].map(ROLE_ERP), "parent_number": c["parent"],
+                "name": c["name"], "tax_id": c["tax_id"], "street": c["street"], "street2": _none(c["street2"]),
+                "city": c["city"], "region": c["region"], "postal_code": c["postal"], "country": c["country"],
+                "email": c["email"], "phone": c["phone"],
+                "credit_status": c["credit_status"].map(lambda v: CREDIT[v][0]),
+                "credit_limit": [Decimal(v) for v in c["credit_limit"]],
+                "payment_terms": c["terms"].map(lambda v: TERMS[v][0]), "currency": c["currency"],
+                "company_code": c["company"], "is_active": True, "updated_at": _aware(c["updated_at"]),
+            }))
+            conn.execute(tables["erp_item"].insert(), _records({
+                "item_number": p["sku"], "gtin": p["gtin"], "mpn": p["mpn"], "description": p["description"],
+                "base_uom": "EA", "case_qty": p["case_qty"].astype(int).tolist(),
+                "pallet_qty": p["pallet_qty"].astype(int).tolist(),
+                "weight_kg": [Decimal(f"{w:.3f}") for w in p["weight"]],
+                "status": p["status"].map({"active": "A", "discontinued": "D"}), "category": p["category"],
+                "updated_at": _aware(p["updated_at"]),
+            }))
+            conn.execute(tables["erp_price"].insert(), _records({
+                "price_list": pr["price_list"], "item_number": pr["sku"], "uom": pr["uom"],
+                "min_qty": pr["min_qty"].astype(int).tolist(), "currency": pr["currency"],
+                "unit_price": [Decimal(f"{v:.4f}") for v in pr["price"]],
+                "valid_from": [date.fromisoformat(v) for v in pr["valid_from"]],
+                "valid_to": [date.fromisoformat(v) if isinstance(v, str) else None for v in pr["valid_to"]],
+                "is_promo": pr["promo"].astype(bool).tolist(), "is_active": True,
+                "updated_at": _aware(pr["updated_at"]),
+            }))
+            conn.execute(tables["erp_stock"].insert(), _records({
+                "item_number": i["sku"], "warehouse": i["location"], "on_hand": i["on_hand"].astype(int).tolist(),
+                "allocated": i["allocated"].astype(int).tolist(), "updated_at": _aware(i["updated_at"]),
+            }))
+    finally:
+        engine.dispose()
+
+
+def _wms_metadata():
+    sa, key, text, ts = _sql_types()
+    md = sa.MetaData()
+    sa.Table("wms_ship_to", md, sa.Column("ship_to_code", key, primary_key=True),
+             *[sa.Column(c, text) for c in ("name", "address1", "address2", "city", "state", "postal", "country")],
+             sa.Column("updated_at", ts))
+    sa.Table("wms_items", md, sa.Column("sku", key, primary_key=True), sa.Column("gtin", text),
+             sa.Column("description", text), sa.Column("case_qty", sa.Integer),
+             sa.Column("weight_kg", sa.Numeric(12, 4)), sa.Column("status", sa.String(16)),
+             sa.Column("updated_at", ts))
+    sa.Table("wms_stock", md, sa.Column("sku", key, primary_key=True), sa.Column("location", key, primary_key=True),
+             *[sa.Column(c, sa.BigInteger) for c in ("on_hand", "reserved", "in_transit", "returns_pending")],
+             sa.Column("counted_at", ts))
+    return md
+
+
+def _write_wms_sql(url: str, c: pd.DataFrame, p: pd.DataFrame, i: pd.DataFrame) -> None:
+    """The WMS as SQL tables (wms_ship_to, wms_items, wms_stock): the same records its export
+    files would carry, typed."""
+    md = _wms_metadata()
+    engine = _engine(url)
+    try:
+        _replace_tables(engine, md)
+        tables = md.tables
+        with engine.begin() as conn:
+            conn.execute(tables["wms_ship_to"].insert(), _records({
+                "ship_to_code": c["erp"], "name": c["name"], "address1": c["street"],
+                "address2": _none(c["street2"]), "city": c["city"], "state": c["region"], "postal": c["postal"],
+                "country": c["country"].map(lambda k: COUNTRIES[k][1]), "updated_at": _aware(c["updated_at"]),
+            }))
+            conn.execute(tables["wms_items"].insert(), _records({
+                "sku": p["sku"], "gtin": p["gtin"], "description": p["description"],
+                "case_qty": p["case_qty"].astype(int).tolist(),
+                "weight_kg": [Decimal(f"{w:.3f}") for w in p["weight"]],
+                "status": p["status"].map({"active": "ACTIVE", "discontinued": "INACTIVE"}),
+                "updated_at": _aware(p["updated_at"]),
+            }))
+            conn.execute(tables["wms_stock"].insert(), _records({
+                "sku": i["sku"], "location": i["location"], "on_hand": i["on_hand"].astype(int).tolist(),
+                "reserved": i["reserved"].astype(int).tolist(), "in_transit": i["in_transit"].astype(int).tolist(),
+                "returns_pending": i["returns"].astype(int).tolist(), "counted_at": _aware(i["updated_at"]),
+            }))
+    finally:
+        engine.dispose()

@@ -1,20 +1,26 @@
 """SQL systems through SQLAlchemy: any URL (SQLite, PostgreSQL, MySQL/MariaDB, SQL Server).
 
 Identifiers come from validated config and go through SQLAlchemy's quoting; every value is a
-bound parameter. Writes run in batches, each inside one transaction.
+bound parameter. Full reads take each dialect's Arrow-native path (`sql_arrow`). Writes run in
+batches, each inside one transaction: updates as one executemany per set of columns, creates as
+the dialect's upsert (PostgreSQL and SQLite ON CONFLICT, MySQL/MariaDB ON DUPLICATE KEY UPDATE) so
+a replayed create converges instead of failing on the key.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Any
 
 import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from trueup.config import EntityMap, SystemConfig
+from trueup.systems.sql_arrow import dialect_of, read_arrow, rows_to_arrow  # noqa: F401 (re-export)
 from trueup.writeback import WriteOp, WriteResult
 
 log = logging.getLogger(__name__)
@@ -35,18 +41,6 @@ def _retryable(exc: Exception) -> bool:
     return isinstance(exc, OperationalError) and "locked" in str(exc).lower()
 
 
-def rows_to_arrow(columns: list[str], rows: list[tuple]) -> pa.Table:
-    """Column-wise conversion of a DB-API result; a column of mixed types arrives as text."""
-    data = list(zip(*rows)) if rows else [[] for _ in columns]
-    arrays = []
-    for values in data:
-        try:
-            arrays.append(pa.array(values))
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            arrays.append(pa.array([None if v is None else str(v) for v in values], pa.string()))
-    return pa.table(dict(zip(columns, arrays))) if columns else pa.table({})
-
-
 class SqlSystem:
     """One SQL system (an ERP database, say) as trueup sees it."""
 
@@ -56,6 +50,8 @@ class SqlSystem:
         self.config = config
         self.max_attempts = max_attempts
         self.engine = engine or sa.create_engine(url, future=True)
+        self.dialect = dialect_of(self.engine)
+        self.last_read_method: str | None = None  # how the last extract read (adbc, connectorx, cursor)
 
     def _table(self, em: EntityMap, *, writable_table: str | None = None) -> sa.TableClause:
         cols = set(em.key_columns) | {f.column for f in em.fields.values()}
@@ -76,11 +72,10 @@ class SqlSystem:
         cols = self._columns(em)
         stmt = sa.select(*[t.c[c] for c in cols])
         if since is not None and em.updated_at:
-            stmt = stmt.where(t.c[em.updated_at] > sa.bindparam("since", since.replace(tzinfo=None)))
-        with self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True).execute(stmt)
-            rows = result.fetchall()
-        return rows_to_arrow(cols, rows)
+            stmt = stmt.where(t.c[em.updated_at] > sa.bindparam("since", self._timestamp(since)))
+        read = read_arrow(self.engine, stmt)
+        self.last_read_method = read.method
+        return read.table
 
     def fetch_live(self, entity: str, keys: list[str]) -> pa.Table:
         em = self.config.entities[entity]
@@ -98,6 +93,24 @@ class SqlSystem:
                     cond = sa.tuple_(*[t.c[c] for c in key_cols]).in_(tuples)
                 out.extend(conn.execute(sa.select(*[t.c[c] for c in cols]).where(cond)).fetchall())
         return rows_to_arrow(cols, out)
+
+    def _timestamp(self, at: datetime) -> datetime:
+        """A UTC instant as this database stores it: aware for PostgreSQL (timestamptz), naive
+        UTC elsewhere (MySQL DATETIME and SQLite text have no zone; UTC by convention)."""
+        at = at.astimezone(timezone.utc) if at.tzinfo else at.replace(tzinfo=timezone.utc)
+        return at if self.dialect == "postgresql" else at.replace(tzinfo=None)
+
+    def _bind(self, value: Any) -> Any:
+        """A canonical Python value in a form this database's driver binds exactly: SQLite's
+        driver has no Decimal or date adapter, so those travel as their exact text."""
+        if self.dialect == "sqlite":
+            if isinstance(value, Decimal):
+                return format(value, "f")
+            if isinstance(value, datetime):
+                return self._timestamp(value).isoformat(sep=" ")
+            if isinstance(value, date):
+                return value.isoformat()
+        return value
 
     def write(self, entity: str, ops: list[WriteOp]) -> list[WriteResult]:
         """Write record operations in batches, each batch one transaction; a batch that fails
@@ -123,7 +136,8 @@ class SqlSystem:
         return results
 
     def _write_batch(self, conn: sa.Connection, em: EntityMap, batch: list[WriteOp]) -> None:
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        now = self._bind(self._timestamp(datetime.now(timezone.utc)))
+        b = self._bind
         t = self._table(em)
         # updates grouped by the set of columns they touch: one executemany per shape
         shapes: dict[tuple[str, ...], list[dict]] = {}
@@ -137,22 +151,40 @@ class SqlSystem:
             where = sa.and_(*[t.c[k] == sa.bindparam(f"k_{k}") for k in em.key_columns])
             stmt = sa.update(t).where(where).values(values)
             conn.execute(stmt, [
-                {**{f"v_{c}": op.values[c] for c in cols},
-                 **{f"k_{k}": v for k, v in op.key_values.items()}, "v__updated_at": now}
+                {**{f"v_{c}": b(op.values[c]) for c in cols},
+                 **{f"k_{k}": b(v) for k, v in op.key_values.items()}, "v__updated_at": now}
                 for op in group])
         creates = [op for op in batch if op.action == "create"]
         if creates:
             rows = [{**op.key_values, **op.values, **({em.updated_at: now} if em.updated_at else {})}
                     for op in creates]
             all_cols = sorted({c for r in rows for c in r})
-            ins = sa.insert(sa.table(em.table, *[sa.column(c) for c in all_cols]))
-            conn.execute(ins, [{c: r.get(c) for c in all_cols} for r in rows])
+            conn.execute(self._upsert(em.table, all_cols, em.key_columns),
+                         [{c: b(r.get(c)) for c in all_cols} for r in rows])
         adjusts = [op for op in batch if op.action == "adjust"]
         if adjusts:
             adj = em.adjustments
             cols = em.key_columns + [adj.quantity, adj.reason, adj.reference, adj.posted_at]
             ins = sa.insert(sa.table(adj.table, *[sa.column(c) for c in cols]))
             conn.execute(ins, [
-                {**op.key_values, adj.quantity: op.delta, adj.reason: op.reason,
+                {**{k: b(v) for k, v in op.key_values.items()}, adj.quantity: op.delta, adj.reason: op.reason,
                  adj.reference: op.idempotency_key, adj.posted_at: now}
                 for op in adjusts])
+
+    def _upsert(self, table: str, columns: list[str], keys: list[str]) -> sa.Insert:
+        """INSERT that updates the row when its key exists, in this dialect's words."""
+        t = sa.table(table, *[sa.column(c) for c in columns])
+        rest = [c for c in columns if c not in keys]
+        if self.dialect in ("postgresql", "sqlite"):
+            from sqlalchemy.dialects import postgresql, sqlite
+
+            ins = (postgresql if self.dialect == "postgresql" else sqlite).insert(t)
+            if not rest:
+                return ins.on_conflict_do_nothing(index_elements=keys)
+            return ins.on_conflict_do_update(index_elements=keys, set_={c: ins.excluded[c] for c in rest})
+        if self.dialect == "mysql":
+            from sqlalchemy.dialects import mysql
+
+            ins = mysql.insert(t)
+            return ins.on_duplicate_key_update({c: ins.inserted[c] for c in rest or keys})
+        return sa.insert(t)  # no portable upsert: a replayed create fails on the key and is reported

@@ -32,7 +32,9 @@ def extract_asset(system: str, domain: str, kind: str) -> dg.AssetsDefinition:
         if not drift.passed:
             table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                    b"trueup.unreadable": drift.describe().encode()})
-        yield dg.Output(table, metadata={"rows": table.num_rows, "columns": ", ".join(table.column_names)})
+        read = getattr(client, "last_read_method", None)  # how a SQL system was read (adbc, connectorx, cursor)
+        yield dg.Output(table, metadata={"rows": table.num_rows, "columns": ", ".join(table.column_names),
+                                         **({"read_method": read} if read else {})})
         yield schema_result(drift)
 
     return _extract

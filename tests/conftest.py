@@ -39,3 +39,14 @@ def home(tmp_path, demo_template) -> Path:
 
 def servers_required() -> bool:
     return os.environ.get("TRUEUP_REQUIRE_SERVERS", "") == "1"
+
+
+@pytest.fixture(scope="session")
+def server_dbs():
+    """Fresh PostgreSQL / MariaDB databases for this session (`server_dbs.new("postgresql")`),
+    every one dropped when the session ends."""
+    from tests.servers import ServerDatabases
+
+    dbs = ServerDatabases()
+    yield dbs
+    dbs.drop_all()

@@ -116,7 +116,8 @@ def _read_adbc(engine: sa.Engine, sql: str) -> pa.Table:
 def _read_connectorx(engine: sa.Engine, sql: str) -> pa.Table:
     import connectorx as cx
 
-    table = cx.read_sql(_driver_url(engine, "mysql"), sql, return_type="arrow")
+    scheme = "postgresql" if dialect_of(engine) == "postgresql" else "mysql"
+    table = cx.read_sql(_driver_url(engine, scheme), sql, return_type="arrow")
     return table if isinstance(table, pa.Table) else pa.Table.from_batches(table)
 
 

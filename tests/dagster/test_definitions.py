@@ -46,3 +46,44 @@ def test_lineage_runs_extract_to_report(tmp_path):
     parents = {k.to_user_string() for k in graph.get(dg.AssetKey("reconciliation_report")).parent_keys}
     assert {"customer_erp_writeback", "price_crm_writeback", "inventory_erp_writeback"} <= parents
     assert upstream_of_report is None or callable(upstream_of_report)
+
+
+def test_a_sql_wms_gets_a_sql_resource_with_its_url_from_the_environment(tmp_path, monkeypatch):
+    from pipelines.definitions import system_resources
+    from resources import SqlSystemResource, WmsSandboxResource
+    from tests.dagster.test_nightly import SERVERS_CONFIG
+    from trueup.config import Config
+
+    config = Config.load(SERVERS_CONFIG)
+    monkeypatch.delenv("TRUEUP_WMS_URL", raising=False)
+    monkeypatch.delenv("TRUEUP_ERP_URL", raising=False)
+    demo = system_resources(tmp_path, config)
+    assert isinstance(demo["wms"], SqlSystemResource)
+    assert demo["wms"].url == f"sqlite:///{tmp_path / 'demo' / 'wms.sqlite'}"  # the demo's own file
+    assert demo["erp"].url == f"sqlite:///{tmp_path / 'demo' / 'erp.sqlite'}"
+
+    secret = "mysql+pymysql://wms_user:s3cret@db.example/wms"
+    monkeypatch.setenv("TRUEUP_WMS_URL", secret)
+    res = system_resources(tmp_path, config)["wms"]
+    assert isinstance(res, SqlSystemResource) and res.system == "wms"
+    # an EnvVar, resolved at run time: the URL is not in the resource's config
+    assert isinstance(res.url, dg.EnvVar) and res.url.env_var_name == "TRUEUP_WMS_URL"
+    assert "s3cret" not in repr(res)
+
+    files = system_resources(tmp_path, Config.load(REPO / "config"))["wms"]
+    assert isinstance(files, WmsSandboxResource)  # the default profile keeps the file-drop WMS
+
+
+def test_the_servers_profile_differs_from_the_default_only_in_the_wms():
+    from tests.dagster.test_nightly import SERVERS_CONFIG
+    from trueup.config import Config
+
+    default, servers = Config.load(REPO / "config"), Config.load(SERVERS_CONFIG)
+    assert servers.rules == default.rules and servers.settings == default.settings
+    d, s = default.systems.systems, servers.systems.systems
+    assert set(d) == set(s) and all(d[n] == s[n] for n in d if n != "wms")
+    assert s["wms"].kind == "sql" and d["wms"].kind == "files"
+    # the same fields and keys, read from tables instead of files
+    for entity, em in d["wms"].entities.items():
+        assert s["wms"].entities[entity].fields == em.fields
+        assert s["wms"].entities[entity].key == em.key

@@ -177,7 +177,7 @@ def normalize(table: pa.Table) -> pa.Table:
     fields, arrays = [], []
     for field, col in zip(table.schema, table.columns):
         meta = field.metadata or {}
-        if isinstance(field.type, pa.ExtensionType):
+        if isinstance(field.type, pa.BaseExtensionType):
             col = pa.chunked_array([c.storage for c in col.chunks], field.type.storage_type)
             numeric = meta.get(b"POSTGRESQL:type") == b"numeric" or meta.get(b"ADBC:postgresql:typname") == b"numeric"
             typmod = int(meta.get(b"POSTGRESQL:typmod", b"-1") or -1)

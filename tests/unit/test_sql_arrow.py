@@ -1,0 +1,65 @@
+"""The SQL adapter's Arrow reads: exact types out of every path, and the fallback."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+from trueup.systems.sql_arrow import normalize, read_arrow, rows_to_arrow, unify
+
+
+def test_postgres_numeric_from_adbc_becomes_an_exact_decimal():
+    # ADBC hands NUMERIC over as text in an opaque extension type, with the typmod as metadata
+    opaque = pa.opaque(pa.string(), type_name="numeric", vendor_name="PostgreSQL")
+    storage = pa.array(["0.3000", "12.3456", None, "99999999999999.9999"])
+    field = pa.field("price", opaque, metadata={"POSTGRESQL:type": "numeric",
+                                                "POSTGRESQL:typmod": str(((18 << 16) | 4) + 4)})
+    free = pa.field("ratio", opaque, metadata={"POSTGRESQL:type": "numeric", "POSTGRESQL:typmod": "-1"})
+    raw = pa.table([pa.ExtensionArray.from_storage(opaque, storage),
+                    pa.ExtensionArray.from_storage(opaque, pa.array(["1.5", "2", None, "1e3"]))],
+                   schema=pa.schema([field, free]))
+    out = normalize(raw)
+    assert out.schema.field("price").type == pa.decimal128(18, 4)
+    assert out.column("price").to_pylist() == [Decimal("0.3000"), Decimal("12.3456"), None,
+                                               Decimal("99999999999999.9999")]
+    assert out.schema.field("ratio").type == pa.string()  # no declared scale: kept as exact text
+    assert out.schema.metadata is None and all(f.metadata is None for f in out.schema)
+
+
+def test_chunks_that_disagree_on_a_type_still_make_one_table():
+    a = rows_to_arrow(["k", "v"], [("a", None), ("b", None)])  # an all-NULL chunk
+    b = rows_to_arrow(["k", "v"], [("c", Decimal("1.25")), ("d", Decimal("10.5"))])
+    c = rows_to_arrow(["k", "v"], [("e", "n/a")])  # a text value in a decimal column
+    out = unify([a, b, c])
+    assert out.column("k").to_pylist() == ["a", "b", "c", "d", "e"]
+    assert out.column("v").to_pylist() == [None, None, "1.25", "10.50", "n/a"]  # exact, at the widest scale
+    assert unify([a, b]).column("v").to_pylist() == [None, None, Decimal("1.25"), Decimal("10.50")]
+
+
+def test_sqlite_reads_by_adbc_and_a_bound_read_by_the_cursor(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    with engine.begin() as c:
+        c.exec_driver_sql("CREATE TABLE t (k TEXT PRIMARY KEY, name TEXT, qty INTEGER)")
+        c.exec_driver_sql("INSERT INTO t VALUES ('a', 'Müller', 9007199254740993), ('b', '日本', 2)")
+    t = sa.table("t", sa.column("k"), sa.column("name"), sa.column("qty"))
+    full = read_arrow(engine, sa.select(t.c.k, t.c.name, t.c.qty))
+    assert full.method == "adbc"
+    assert full.table.to_pylist() == [{"k": "a", "name": "Müller", "qty": 9007199254740993},
+                                      {"k": "b", "name": "日本", "qty": 2}]
+    bound = read_arrow(engine, sa.select(t.c.k).where(t.c.qty > sa.bindparam("q", 5)))
+    assert bound.method == "cursor"  # values are bound by the driver, never inlined
+    assert bound.table.column("k").to_pylist() == ["a"]
+
+
+def test_a_fast_path_that_fails_falls_back_to_the_cursor(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    with engine.begin() as c:
+        # SQLite lets a column change type from row to row; ADBC types columns from the first rows
+        c.exec_driver_sql("CREATE TABLE t (v)")
+        c.exec_driver_sql("WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 3000) "
+                          "INSERT INTO t SELECT CASE WHEN n < 2500 THEN n ELSE 'x' || n END FROM g")
+    read = read_arrow(engine, sa.select(sa.column("v")).select_from(sa.table("t")))
+    assert read.table.num_rows == 3000
+    assert read.table.column("v")[0].as_py() in (1, "1") and read.table.column("v")[-1].as_py() == "x3000"

@@ -101,6 +101,10 @@ def _read_adbc(engine: sa.Engine, sql: str) -> pa.Table:
         import adbc_driver_postgresql.dbapi as adbc
 
         con = adbc.connect(_driver_url(engine, "postgresql"))
+        try:
+            return _read_adbc_postgres(con, sql)
+        finally:
+            con.close()
     else:
         import adbc_driver_sqlite.dbapi as adbc
 
@@ -111,6 +115,41 @@ def _read_adbc(engine: sa.Engine, sql: str) -> pa.Table:
             return cur.fetch_arrow_table()
     finally:
         con.close()
+
+
+def _read_adbc_postgres(con, sql: str) -> pa.Table:
+    """ADBC's own NUMERIC decoding costs more than the rest of a row together (measured: 2.5 s of
+    4.1 s for a million 5-column rows), PostgreSQL's text output of it far less: so NUMERIC
+    columns travel as text and become decimal128(p, s) here, from the typmod of a zero-row probe."""
+    with con.cursor() as cur:
+        cur.execute(f"SELECT * FROM ({sql}) AS q LIMIT 0")
+        probe = cur.fetch_arrow_table().schema
+        numeric = [f.name for f in probe if (f.metadata or {}).get(b"POSTGRESQL:type") == b"numeric"]
+        if numeric:
+            cols = ", ".join(f"CAST(q.{_qi(f.name)} AS text) AS {_qi(f.name)}" if f.name in numeric
+                             else f"q.{_qi(f.name)}" for f in probe)
+            sql = f"SELECT {cols} FROM ({sql}) AS q"
+        cur.execute(sql)
+        table = cur.fetch_arrow_table()
+    for name in numeric:
+        typmod = int((probe.field(name).metadata or {}).get(b"POSTGRESQL:typmod", b"-1") or -1)
+        dec = _decimal_of_typmod(typmod)
+        if dec is not None:
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, pa.field(name, dec), pc.cast(table.column(i), dec))
+    return table
+
+
+def _qi(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _decimal_of_typmod(typmod: int) -> pa.DataType | None:
+    """NUMERIC(p, s) from PostgreSQL's typmod ((p << 16 | s) + 4); None when undeclared."""
+    if typmod < 4:
+        return None
+    precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+    return pa.decimal128(precision, scale) if 0 < precision <= 38 else None
 
 
 def _read_connectorx(engine: sa.Engine, sql: str) -> pa.Table:
@@ -180,11 +219,9 @@ def normalize(table: pa.Table) -> pa.Table:
         if isinstance(field.type, pa.BaseExtensionType):
             col = pa.chunked_array([c.storage for c in col.chunks], field.type.storage_type)
             numeric = meta.get(b"POSTGRESQL:type") == b"numeric" or meta.get(b"ADBC:postgresql:typname") == b"numeric"
-            typmod = int(meta.get(b"POSTGRESQL:typmod", b"-1") or -1)
-            if numeric and typmod >= 4:
-                precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
-                if 0 < precision <= 38:
-                    col = pc.cast(col, pa.decimal128(precision, scale))
+            dec = _decimal_of_typmod(int(meta.get(b"POSTGRESQL:typmod", b"-1") or -1)) if numeric else None
+            if dec is not None:
+                col = pc.cast(col, dec)
         fields.append(pa.field(field.name, col.type))
         arrays.append(col)
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))

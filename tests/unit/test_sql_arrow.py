@@ -63,3 +63,13 @@ def test_a_fast_path_that_fails_falls_back_to_the_cursor(tmp_path):
     read = read_arrow(engine, sa.select(sa.column("v")).select_from(sa.table("t")))
     assert read.table.num_rows == 3000
     assert read.table.column("v")[0].as_py() in (1, "1") and read.table.column("v")[-1].as_py() == "x3000"
+
+
+def test_a_failed_fast_path_never_logs_the_password(caplog):
+    # nothing listens on port 1: connectorx fails, its message must not carry the secret
+    engine = sa.create_engine("mysql+pymysql://trueup:Sup3rSecret@127.0.0.1:1/nowhere")
+    import pytest
+
+    with pytest.raises(Exception):
+        read_arrow(engine, sa.select(sa.column("a")).select_from(sa.table("t")))
+    assert caplog.records and all("Sup3rSecret" not in r.getMessage() for r in caplog.records)

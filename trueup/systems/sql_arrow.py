@@ -82,8 +82,14 @@ def read_arrow(engine: sa.Engine, stmt: sa.Executable, *, method: str | None = N
             if method:
                 raise
             log.warning("%s read via %s failed (%s: %s); reading with a server-side cursor",
-                        dialect_of(engine), chosen, type(exc).__name__, str(exc)[:200])
+                        dialect_of(engine), chosen, type(exc).__name__, _masked(engine, str(exc))[:200])
     return ArrowRead(normalize(_read_cursor(engine, stmt)), "cursor")
+
+
+def _masked(engine: sa.Engine, message: str) -> str:
+    """A driver's message with the password taken out, should the driver have echoed its URL."""
+    password = engine.url.password
+    return message.replace(str(password), "***") if password else message
 
 
 # ------------------------------------------------------------------ the paths

@@ -80,6 +80,8 @@ def cmd_run(args) -> int:
 
         print(render_markdown(summary))
         print(f"report: {summary['report_path']}")
+        if summary.get("markdown_path"):
+            print(f"markdown: {summary['markdown_path']}")
     for ev in result.all_events:
         if ev.is_step_failure:
             print(f"FAILED step {ev.step_key}: {ev.event_specific_data.error.message.strip()[:500]}", file=sys.stderr)

@@ -20,6 +20,7 @@ import dagster as dg
 from assets.extract import extract_asset
 from assets.reconcile import domain_assets, writeback_asset, writeback_targets
 from assets.report import report_asset
+from checks.freshness import freshness_checks
 from resources import (
     CrmSandboxResource, FileDropResource, RestSystemResource, SqlSystemResource, StateStoreResource,
     TrueupSettings, WarehouseIOManager, WmsSandboxResource,
@@ -98,7 +99,8 @@ def build_definitions(home: str | Path | None = None, config_dir: str | Path | N
         "io_manager": WarehouseIOManager(root=str(home / "warehouse")),
         **system_resources(home, config, **sandbox_kw),
     }
-    return dg.Definitions(assets=assets, jobs=[nightly], schedules=[schedule], resources=resources)
+    return dg.Definitions(assets=assets, asset_checks=freshness_checks(config), jobs=[nightly],
+                          schedules=[schedule], resources=resources)
 
 
 defs = build_definitions()

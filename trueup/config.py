@@ -334,9 +334,27 @@ class WriteBack(Strict):
     min_records: int = Field(default=20, ge=0)
 
 
+class Freshness(Strict):
+    """How old a system's newest extract may be (a 3PL's nightly drop, say) before the data is stale."""
+
+    max_age_hours: float = Field(gt=0)
+
+
+class ReportSettings(Strict):
+    """The exception report: which price values the inventory variance and how many runs the trend shows."""
+
+    # inventory variance value = units x this list's price per base unit (smallest quantity break);
+    # the ERP's standard cost is not part of the canonical model, the list price is what sales quote
+    valuation_price_list: str = "LIST-US"
+    trend_runs: int = Field(default=30, ge=2)
+    top_n: int = Field(default=15, ge=1)
+
+
 class Settings(Strict):
     schedule: Schedule = Schedule()
     write_back: WriteBack = WriteBack()
+    freshness: dict[str, Freshness] = {}  # per system: its data's SLA
+    report: ReportSettings = ReportSettings()
 
 
 class Config(BaseModel):
@@ -352,4 +370,8 @@ class Config(BaseModel):
         d = Path(config_dir)
         systems = load_systems(d / "systems.yaml")
         settings = _load(d / "trueup.yaml", Settings) if (d / "trueup.yaml").exists() else Settings()
+        unknown = sorted(set(settings.freshness) - set(systems.systems))
+        if unknown:
+            raise ConfigError(f"{d / 'trueup.yaml'}: freshness: unknown system(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(systems.systems))}")
         return cls(systems=systems, rules=load_rules(d / "rules.yaml", systems), settings=settings)

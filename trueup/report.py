@@ -55,6 +55,17 @@ def render_markdown(summary: dict) -> str:
             failed = c.get("rejected", 0) + c.get("retryable_error", 0) + c.get("blocked", 0)
             lines.append(f"| {domain} | {s} | {d['read'].get(s, 0)} | {d['quarantined'].get(s, 0)} | {found} | "
                          f"{c.get('applied', 0)} | {c.get('unchanged', 0)} | {failed} |")
+    h = summary.get("headline")
+    if h:
+        risk = ", ".join(f"{c} {v:,.2f}" for c, v in h["revenue_at_risk"].items()) or "0"
+        pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
+        lines += ["", f"- match rate {pct(h['match_rate'])}, records in agreement {pct(h['agreement_share'])}, "
+                      f"review queue {h['review_queue'] if h['review_queue'] is not None else '0 (none yet)'}",
+                  f"- inventory variance {h['inventory_variance_units']:,} units = "
+                  f"{h['inventory_variance_currency'] or ''} {h['inventory_variance_value']:,.2f} at list price; "
+                  f"revenue at risk from price mismatches {risk}",
+                  f"- open discrepancies {h['open_discrepancies']} (oldest {h['oldest_open_days']} days); "
+                  f"quarantined rows {h['quarantined_rows']}; stale sources: {', '.join(h['stale_sources']) or 'none'}"]
     lines += ["", "## Discrepancies by kind", ""]
     for domain, d in summary["domains"].items():
         for s, kinds in d["discrepancies"].items():
@@ -68,5 +79,52 @@ def write(summary: dict, reports_dir: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "report.md").write_text(render_markdown(summary))
-    (Path(reports_dir) / "LATEST").write_text(str(out / "report.md"))
+    latest = out / "report.html" if (out / "report.html").exists() else out / "report.md"
+    (Path(reports_dir) / "LATEST").write_text(str(latest))
     return out / "report.md"
+
+
+# names other parts of trueup may give the tables the report reads when they exist
+REVIEW_QUEUE_TABLES = ("review_queue", "match_review_queue")
+DEAD_LETTER_TABLES = ("dead_letters", "dead_letter")
+
+
+def _first_table(store, names: tuple[str, ...], run_id: str) -> pa.Table | None:
+    for n in names:
+        t = store.optional_table(n, run_id)
+        if t is not None:
+            return t
+    return None
+
+
+def exception_report(store, warehouse, config, summary: dict, outcomes: pa.Table, reports_dir: Path,
+                     *, domains: list[str], full_run: bool = True, at=None) -> tuple[Path, dict, dict]:
+    """The run's HTML exception report with the rows behind every chart, the discrepancy history
+    and KPIs kept in the state store. Returns (report.html path, headline numbers, figures)."""
+    from datetime import datetime, timezone
+
+    import pyarrow.parquet as pq
+
+    from trueup import htmlreport, insights
+
+    at = at or datetime.now(timezone.utc)
+    run_id = summary["run_id"]
+    store.track_discrepancies(run_id, insights.discrepancy_keys(outcomes), full=full_run, at=at)
+    matched = {d: pq.read_table(warehouse.path(f"{d}_matched"),
+                                columns=list(insights.MATCHED_COLUMNS))
+               for d in domains if warehouse.exists(f"{d}_matched")}
+    golden = {d: pq.read_table(warehouse.path(f"{d}_golden"), columns=list(insights.GOLDEN_COLUMNS[d]))
+              for d in insights.GOLDEN_COLUMNS if warehouse.exists(f"{d}_golden")}
+    facts = insights.RunFacts(
+        run_id=run_id, at=at, dry_run=summary["dry_run"], outcomes=outcomes, matched=matched, golden=golden,
+        quarantined=store.quarantined(run_id), extracts=store.extracts(run_id),
+        history=store.discrepancy_history(),
+        previous_runs=store.runs(), settings=config.settings.report,
+        freshness_hours={s: f.max_age_hours for s, f in config.settings.freshness.items()},
+        review_queue=_first_table(store, REVIEW_QUEUE_TABLES, run_id),
+        dead_letters=_first_table(store, DEAD_LETTER_TABLES, run_id))
+    figures, headline, kpis = insights.build(facts)
+    store.record_kpis(run_id, kpis, at)
+    path = htmlreport.write_html(run_id, at, summary["dry_run"], figures, headline, Path(reports_dir) / run_id)
+    return path, headline, figures
+

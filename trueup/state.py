@@ -5,6 +5,9 @@ file by default; PostgreSQL in production), queryable with plain SQL.
 - ledger       one row per attempted change: run, system, entity, key, field, old, new, outcome
 - quarantine   every row held out of reconciliation, with its full key and the reason
 - watermarks   per system and entity, the newest source change seen by a successful run
+- extracts     per run, system and entity: rows read and how old the source's data was (freshness)
+- kpis         per run, the business figures over time (long format: domain, system, kpi, value)
+- discrepancy_history  every discrepancy by a stable key: first seen, last seen, runs seen, closed
 """
 
 from __future__ import annotations
@@ -73,6 +76,48 @@ watermarks = sa.Table(
     sa.Column("high_water", sa.DateTime(timezone=True)),
     sa.Column("run_id", sa.String(64)),
     sa.Column("updated_at", sa.DateTime(timezone=True)),
+)
+
+
+extracts = sa.Table(
+    "extracts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(64), index=True),
+    sa.Column("system", sa.String(32)),
+    sa.Column("entity", sa.String(32)),
+    sa.Column("rows", sa.Integer),
+    sa.Column("data_as_of", sa.DateTime(timezone=True)),  # when the source produced what we read
+    sa.Column("extracted_at", sa.DateTime(timezone=True)),
+)
+
+kpis = sa.Table(
+    "kpis", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(64), index=True),
+    sa.Column("at", sa.DateTime(timezone=True)),
+    sa.Column("domain", sa.String(32)),  # '' when the figure is not per domain
+    sa.Column("system", sa.String(32)),  # '' when the figure is not per system
+    sa.Column("kpi", sa.String(64)),
+    sa.Column("value", sa.Float),
+)
+
+discrepancy_history = sa.Table(
+    "discrepancy_history", metadata,
+    # md5 of (domain, target system, action, target key, field): the same disagreement keeps its
+    # key across runs even when the value it should take changes (unlike the plan's change_id)
+    sa.Column("discrepancy_key", sa.String(64), primary_key=True),
+    sa.Column("domain", sa.String(32)),
+    sa.Column("system", sa.String(32)),
+    sa.Column("action", sa.String(16)),
+    sa.Column("target_key", sa.String(256)),
+    sa.Column("field", sa.String(64)),
+    sa.Column("severity", sa.String(16)),
+    sa.Column("first_seen_run", sa.String(64)),
+    sa.Column("first_seen_at", sa.DateTime(timezone=True)),
+    sa.Column("last_seen_run", sa.String(64)),
+    sa.Column("last_seen_at", sa.DateTime(timezone=True)),
+    sa.Column("runs_seen", sa.Integer),
+    sa.Column("closed_at", sa.DateTime(timezone=True)),  # NULL while the discrepancy is open
 )
 
 
@@ -186,6 +231,108 @@ class StateStore:
                                                   watermarks.c.entity == entity))
             c.execute(sa.insert(watermarks).values(system=system, entity=entity, high_water=high_water,
                                                    run_id=run_id, updated_at=_now()))
+
+    # ---------------------------------------------------------- extracts (freshness)
+
+    def record_extract(self, run_id: str, system: str, entity: str, rows: int, data_as_of: datetime,
+                       extracted_at: datetime | None = None) -> None:
+        with self.engine.begin() as c:
+            c.execute(sa.delete(extracts).where(extracts.c.run_id == run_id, extracts.c.system == system,
+                                                extracts.c.entity == entity))
+            c.execute(sa.insert(extracts).values(run_id=run_id, system=system, entity=entity, rows=rows,
+                                                 data_as_of=data_as_of, extracted_at=extracted_at or _now()))
+
+    def extracts(self, run_id: str | None = None) -> pa.Table:
+        stmt = sa.select(extracts)
+        if run_id:
+            stmt = stmt.where(extracts.c.run_id == run_id)
+        return self._arrow(stmt.order_by(extracts.c.id))
+
+    # ---------------------------------------------------------- kpis
+
+    def record_kpis(self, run_id: str, rows: pa.Table, at: datetime | None = None) -> None:
+        """Replace the run's KPI rows (domain, system, kpi, value)."""
+        at = at or _now()
+        with self.engine.begin() as c:
+            c.execute(sa.delete(kpis).where(kpis.c.run_id == run_id))
+            if rows.num_rows:
+                c.execute(sa.insert(kpis), [{**r, "run_id": run_id, "at": at} for r in _rows(rows)])
+
+    def kpis(self, run_id: str | None = None) -> pa.Table:
+        stmt = sa.select(kpis)
+        if run_id:
+            stmt = stmt.where(kpis.c.run_id == run_id)
+        return self._arrow(stmt.order_by(kpis.c.id))
+
+    # ---------------------------------------------------------- discrepancy history
+
+    def track_discrepancies(self, run_id: str, seen: pa.Table, *, full: bool = True,
+                            at: datetime | None = None) -> pa.Table:
+        """Update first / last seen for this run's discrepancies (`seen`: discrepancy_key, domain,
+        system, action, target_key, field, severity; one row per key). A full run closes every open
+        discrepancy it did not see; an incremental run sees only what changed, so it closes nothing.
+        A closed discrepancy seen again opens a new episode. Re-tracking the same run is a no-op.
+        Returns the history rows this run touched."""
+        at = at or _now()
+        h = discrepancy_history.c
+        seen_rows = {r["discrepancy_key"]: r for r in _rows(seen)}
+        with self.engine.begin() as c:
+            known = {}
+            keys = list(seen_rows)
+            for i in range(0, len(keys), 500):
+                for r in c.execute(sa.select(h.discrepancy_key, h.last_seen_run, h.closed_at)
+                                   .where(h.discrepancy_key.in_(keys[i:i + 500]))).mappings():
+                    known[r["discrepancy_key"]] = r
+            new, again, reopened = [], [], []
+            for k, r in seen_rows.items():
+                old = known.get(k)
+                if old is None:
+                    new.append(k)
+                elif old["closed_at"] is not None:
+                    reopened.append(k)
+                elif old["last_seen_run"] != run_id:
+                    again.append(k)
+            fresh = {"first_seen_run": run_id, "first_seen_at": at, "last_seen_run": run_id,
+                     "last_seen_at": at, "runs_seen": 1, "closed_at": None}
+            if new:
+                c.execute(sa.insert(discrepancy_history),
+                          [{**{f: seen_rows[k][f] for f in ("discrepancy_key", "domain", "system", "action",
+                                                             "target_key", "field", "severity")}, **fresh}
+                           for k in new])
+            for batch, values in ((again, {"last_seen_run": run_id, "last_seen_at": at,
+                                           "runs_seen": h.runs_seen + 1}),
+                                  (reopened, fresh)):
+                for i in range(0, len(batch), 500):
+                    c.execute(sa.update(discrepancy_history)
+                              .where(h.discrepancy_key.in_(batch[i:i + 500])).values(**values))
+            if full:
+                # open, not seen by this run: corrected (or corrected elsewhere) since
+                c.execute(sa.update(discrepancy_history)
+                          .where(h.closed_at.is_(None), h.last_seen_run != run_id).values(closed_at=at))
+        return self._arrow(sa.select(discrepancy_history).where(h.last_seen_run == run_id)
+                           .order_by(h.discrepancy_key))
+
+    def discrepancy_history(self, open_only: bool = False) -> pa.Table:
+        stmt = sa.select(discrepancy_history)
+        if open_only:
+            stmt = stmt.where(discrepancy_history.c.closed_at.is_(None))
+        return self._arrow(stmt.order_by(discrepancy_history.c.first_seen_at))
+
+    # ---------------------------------------------------------- tables other steps may add
+
+    def has_table(self, name: str) -> bool:
+        return sa.inspect(self.engine).has_table(name)
+
+    def optional_table(self, name: str, run_id: str | None = None) -> pa.Table | None:
+        """A table another part of trueup may keep (review queue, dead letters, approvals), read
+        whole or for one run when it has a run_id column; None when the table does not exist."""
+        if not self.has_table(name):
+            return None
+        t = sa.Table(name, sa.MetaData(), autoload_with=self.engine)
+        stmt = sa.select(t)
+        if run_id and "run_id" in t.c:
+            stmt = stmt.where(t.c.run_id == run_id)
+        return self._arrow(stmt)
 
     # ----------------------------------------------------------
 

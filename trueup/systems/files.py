@@ -81,6 +81,14 @@ class FileSystem:
             raise FileNotFoundError(f"{self.name}: no complete export drop under {self.exports}")
         return drops[-1]
 
+    def data_as_of(self, entity: str | None = None) -> datetime:
+        """When the 3PL exported the newest complete drop: its stamp (else its marker's mtime)."""
+        drop = self.latest_drop()
+        try:
+            return datetime.strptime(drop.name, STAMP).replace(tzinfo=timezone.utc)
+        except ValueError:  # a drop folder named otherwise: when its _SUCCESS marker was written
+            return datetime.fromtimestamp((drop / "_SUCCESS").stat().st_mtime, timezone.utc)
+
     def _file(self, drop: Path, entity: str) -> Path:
         stem = self.config.entities[entity].file
         for ext in (".parquet", ".csv", ".jsonl"):

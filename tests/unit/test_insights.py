@@ -1,0 +1,89 @@
+"""Discrepancy history across runs, PII masking, freshness: the engine parts of the exception report."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta, timezone
+
+import pyarrow as pa
+
+from trueup import insights
+from trueup.freshness import judge
+from trueup.state import StateStore
+from trueup.steps import WRITEBACK_SCHEMA
+from trueup.systems.files import FileSystem, drop_stamp
+
+
+def _outcomes(rows: list[dict]) -> pa.Table:
+    base = {"change_id": None, "domain": "customer", "target_system": "erp", "action": "update",
+            "golden_id": "cus_1", "target_key": "C1", "field": "city", "old_value": "a", "new_value": "b",
+            "source_system": "crm", "rule": "r", "severity": "medium", "status": "applied", "error": None,
+            "attempts": 1}
+    out = []
+    for i, r in enumerate(rows):
+        row = {**base, **r}
+        # like the plan's change_id: it depends on the new value (hashed, as no value may leak)
+        row["change_id"] = row["change_id"] or hashlib.md5(f"{i}|{row['new_value']}".encode()).hexdigest()
+        out.append(row)
+    return pa.Table.from_pylist(out, schema=WRITEBACK_SCHEMA)
+
+
+def test_discrepancy_key_ignores_the_new_value_and_history_tracks_first_last_seen_and_close(tmp_path):
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    city = {"target_key": "C1", "field": "city"}
+    phone = {"target_key": "C2", "field": "phone"}
+    run1 = _outcomes([{**city, "new_value": "Austin"}, {**phone, "new_value": "+15125550100"}])
+    # the same disagreement a day later, with a different value to write: same key, different change_id
+    run2 = _outcomes([{**city, "new_value": "Dallas"}])
+    k1, k2 = insights.discrepancy_keys(run1), insights.discrepancy_keys(run2)
+    assert set(run1.column("change_id").to_pylist()).isdisjoint(run2.column("change_id").to_pylist())
+    city_key = [r["discrepancy_key"] for r in k1.to_pylist() if r["field"] == "city"][0]
+    assert k2.column("discrepancy_key").to_pylist() == [city_key]
+
+    store.track_discrepancies("r1", k1, at=t0)
+    store.track_discrepancies("r1", k1, at=t0)  # a re-executed report step counts once
+    store.track_discrepancies("r2", k2, at=t0 + timedelta(days=1))
+    h = {r["field"]: r for r in store.discrepancy_history().to_pylist()}
+    assert h["city"]["runs_seen"] == 2 and h["city"]["first_seen_run"] == "r1" and h["city"]["last_seen_run"] == "r2"
+    assert h["city"]["closed_at"] is None
+    assert h["phone"]["closed_at"] is not None  # not seen by the full run r2: corrected
+    # an incremental run sees only what changed: it closes nothing
+    store.track_discrepancies("r3", k1.slice(0, 0), full=False, at=t0 + timedelta(days=2))
+    assert store.discrepancy_history(open_only=True).column("field").to_pylist() == ["city"]
+    # seen again after being closed: a new episode
+    store.track_discrepancies("r4", k1, at=t0 + timedelta(days=3))
+    h = {r["field"]: r for r in store.discrepancy_history().to_pylist()}
+    assert h["phone"]["closed_at"] is None and h["phone"]["first_seen_run"] == "r4" and h["phone"]["runs_seen"] == 1
+
+
+def test_report_figures_mask_emails_phones_and_tax_ids():
+    email, phone, tax = "jane.doe@example.com", "+15125550100", "DE123456789"
+    out = _outcomes([{"field": "email", "old_value": "old.name@example.com", "new_value": email},
+                     {"field": "phone", "new_value": phone, "target_key": "C2"},
+                     {"field": "tax_id", "new_value": tax, "target_key": "C3", "action": "create"}])
+    facts = insights.RunFacts(run_id="r1", at=datetime.now(timezone.utc), dry_run=False, outcomes=out,
+                              matched={}, golden={}, quarantined=None, extracts=None, history=None,
+                              previous_runs=None)
+    figures, headline, kpis = insights.build(facts)
+    text = "\n".join(str(v) for f in figures.values() for t in (f.data, f.rows)
+                     for col in t.columns for v in col.to_pylist())
+    for secret in (email, "old.name@example.com", phone, tax):
+        assert secret not in text
+    assert "j***@example.com" in text and "********0100" in text and "*******6789" in text
+    assert headline["applied"] == 3 and headline["discrepancies"] == 3
+
+
+def test_freshness_of_a_file_drop_is_its_stamp(tmp_path, config):
+    wms = FileSystem("wms", tmp_path, config.systems.systems["wms"])
+    old = datetime(2026, 1, 1, 22, 0, tzinfo=timezone.utc)
+    for at in (old - timedelta(days=1), old):
+        d = tmp_path / "exports" / drop_stamp(at)
+        d.mkdir(parents=True)
+        (d / "_SUCCESS").write_text("")
+    (tmp_path / "exports" / drop_stamp(old + timedelta(days=1))).mkdir()  # incomplete: never read
+    assert wms.data_as_of("inventory") == old
+    sla = config.settings.freshness["wms"].max_age_hours
+    assert judge("wms", "inventory", old, sla, now=old + timedelta(hours=sla - 1)).fresh
+    late = judge("wms", "inventory", old, sla, now=old + timedelta(hours=sla + 1))
+    assert not late.fresh and "OLDER than its SLA" in late.describe()

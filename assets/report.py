@@ -40,9 +40,15 @@ def report_asset(domains: list[str], writebacks: list[dg.AssetKey]) -> dg.Assets
         summary = report.summarise(context.run_id, dry_run=trueup.is_dry_run(context), read=read,
                                    quarantined=quarantined, outcomes=all_out)
         store = state.store()
-        html_path, headline, figures = report.exception_report(
-            store, wh, trueup.config, summary, all_out, trueup.reports_dir, domains=domains,
-            full_run=context.run.tags.get("trueup/mode", "full") != "incremental")
+        try:
+            html_path, headline, figures = report.exception_report(
+                store, wh, trueup.config, summary, all_out, trueup.reports_dir, domains=domains,
+                full_run=context.run.tags.get("trueup/mode", "full") != "incremental")
+        except Exception:  # the run's record must survive a broken report
+            summary["report_path"] = str(report.write(summary, trueup.reports_dir))
+            store.finish_run(context.run_id, "report_failed", summary, job=context.job_name,
+                             dry_run=summary["dry_run"])
+            raise
         summary["headline"] = headline
         md_path = report.write(summary, trueup.reports_dir)
         summary["report_path"] = str(html_path)

@@ -285,14 +285,16 @@ def build(facts: RunFacts) -> tuple[dict[str, Figure], dict, pa.Table]:
     # -- how long discrepancies stay open
     fig("open_discrepancies", "How long discrepancies stay open",
         "Discrepancies still seen this run, by how many runs in a row they have been seen (first seen -> "
-        "now). A discrepancy trueup corrects is closed by the next full run that no longer sees it.",
+        "now). A discrepancy trueup corrects is closed by the next full run that no longer sees it; the "
+        "rows file also lists the ones this run closed, with how many days they were open.",
         """SELECT domain, CASE WHEN runs_seen >= 4 THEN '4+ runs' ELSE runs_seen || ' run' || CASE WHEN runs_seen > 1 THEN 's' ELSE '' END END AS open_for,
                   count(*) AS discrepancies,
                   round(max(date_diff('second', first_seen_at, getvariable('run_at')) / 86400.0), 2) AS oldest_days
            FROM h WHERE closed_at IS NULL AND last_seen_run = $1 GROUP BY ALL ORDER BY domain, open_for""",
         """SELECT *, round(date_diff('second', first_seen_at, coalesce(closed_at, getvariable('run_at'))) / 86400.0, 3)
                      AS open_days
-           FROM h WHERE last_seen_run = $1 OR closed_at IS NOT NULL ORDER BY first_seen_at, discrepancy_key""",
+           FROM h WHERE last_seen_run = $1 OR closed_at >= getvariable('run_at') - INTERVAL 1 SECOND
+           ORDER BY first_seen_at, discrepancy_key""",
         [facts.run_id])
 
     headline = _headline(con, facts, figs)

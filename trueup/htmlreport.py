@@ -23,17 +23,36 @@ CHART_ORDER = ["discrepancies", "inventory_variance", "price_mismatches", "custo
                "agreement", "quarantined", "corrections", "data_age", "open_discrepancies", "trend"]
 
 
+def _vl_version() -> str:
+    return "v" + ".".join(alt.VEGALITE_VERSION.split(".")[:2])
+
+
 @functools.lru_cache(maxsize=1)
-def vega_bundle() -> str:
-    """vega + vega-lite + vega-embed as one script (from vl-convert, offline), matched to the
-    Vega-Lite version Altair writes specs for."""
+def _bundle() -> str:
     import vl_convert as vlc
 
-    major_minor = "v" + ".".join(alt.VEGALITE_VERSION.split(".")[:2])
     try:
-        return vlc.javascript_bundle(vl_version=major_minor)
+        return vlc.javascript_bundle(vl_version=_vl_version())
     except (RuntimeError, ValueError):  # vl-convert without that exact minor: its newest
         return vlc.javascript_bundle()
+
+
+def vega_bundle(cache_dir: Path | None = None) -> str:
+    """vega + vega-lite + vega-embed as one script (from vl-convert, offline), matched to the
+    Vega-Lite version Altair writes specs for. Bundling takes seconds, so the script is kept in
+    `cache_dir` (named by the versions) for the next run."""
+    import vl_convert as vlc
+
+    cached = Path(cache_dir) / f".vega-bundle-{vlc.__version__}-{_vl_version()}.js" if cache_dir else None
+    if cached is not None and cached.exists():
+        return cached.read_text(encoding="utf-8")
+    script = _bundle()
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+        tmp.write_text(script, encoding="utf-8")
+        os.replace(tmp, cached)
+    return script
 
 
 def _jsonable(v):
@@ -211,7 +230,7 @@ def write_html(run_id: str, at: datetime, dry_run: bool, figures: dict[str, Figu
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>trueup exceptions {html.escape(run_id)}</title>
 <meta name="viewport" content="width=device-width,initial-scale=1"><style>{CSS}</style>
-<script>{vega_bundle()}</script></head>
+<script>{vega_bundle(out_dir.parent)}</script></head>
 <body>
 <h1>What is out of sync{' (dry run: nothing written)' if dry_run else ''}</h1>
 <p class="sub">trueup run {html.escape(run_id)} &middot; {html.escape(at.strftime('%Y-%m-%d %H:%M UTC'))} &middot;

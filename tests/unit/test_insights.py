@@ -87,3 +87,49 @@ def test_freshness_of_a_file_drop_is_its_stamp(tmp_path, config):
     assert judge("wms", "inventory", old, sla, now=old + timedelta(hours=sla - 1)).fresh
     late = judge("wms", "inventory", old, sla, now=old + timedelta(hours=sla + 1))
     assert not late.fresh and "OLDER than its SLA" in late.describe()
+
+
+def test_report_reads_review_queue_dead_letters_and_approvals_when_present_and_degrades_without(tmp_path, config):
+    """Tables other parts of trueup keep (review queue, dead letters) and statuses they write
+    (pending approval) show up in the report; a run with no warehouse tables still reports."""
+    import sqlalchemy as sa
+
+    from trueup import report
+    from trueup.warehouse import Warehouse
+
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    out = _outcomes([{"status": "applied"}, {"status": "pending_approval", "field": "credit_limit"},
+                     {"status": "retryable_error", "field": "phone", "new_value": "+15125550100"}])
+    summary = {"run_id": "r1", "dry_run": False}
+    _, headline, _ = report.exception_report(store, Warehouse(tmp_path / "wh"), config, summary, out,
+                                             tmp_path / "reports", domains=["customer"])
+    assert headline["review_queue"] is None and headline["dead_letters"] is None
+    assert (headline["applied"], headline["pending_approval"], headline["failed"]) == (1, 1, 1)
+
+    with store.engine.begin() as c:
+        c.execute(sa.text("CREATE TABLE review_queue (run_id TEXT, left_key TEXT, right_key TEXT)"))
+        c.execute(sa.text("INSERT INTO review_queue VALUES ('r2', 'a', 'b'), ('r2', 'c', 'd'), ('r1', 'e', 'f')"))
+        c.execute(sa.text("CREATE TABLE dead_letters (change_id TEXT, run_id TEXT)"))
+        c.execute(sa.text("INSERT INTO dead_letters VALUES ('x', 'r2')"))
+    path, headline, _ = report.exception_report(store, Warehouse(tmp_path / "wh"), config,
+                                                {"run_id": "r2", "dry_run": False}, out, tmp_path / "reports",
+                                                domains=["customer"])
+    assert (headline["review_queue"], headline["dead_letters"]) == (2, 1)
+    page = path.read_text()
+    assert "Review queue" in page and "+15125550100" not in page
+    assert [r["run_id"] for r in store.kpis().to_pylist()].count("r2") > 0
+
+
+def test_a_freshness_sla_for_an_unknown_system_is_rejected(tmp_path):
+    import shutil
+
+    import pytest
+
+    from tests.conftest import CONFIG_DIR
+    from trueup.config import Config, ConfigError
+
+    shutil.copytree(CONFIG_DIR, tmp_path / "config")
+    f = tmp_path / "config" / "trueup.yaml"
+    f.write_text(f.read_text().replace("wms: {max_age_hours: 26}", "wsm: {max_age_hours: 26}"))
+    with pytest.raises(ConfigError, match="freshness: unknown system.*wsm"):
+        Config.load(tmp_path / "config")

@@ -67,6 +67,11 @@ def _values(table: pa.Table) -> list[dict]:
     return [{k: _jsonable(v) for k, v in r.items()} for r in table.to_pylist()]
 
 
+def _currency(t: pa.Table) -> str:
+    cur = sorted({c for c in t.column("currency").to_pylist() if c}) if "currency" in t.column_names else []
+    return ", ".join(cur) or "unpriced"
+
+
 def _chart(f: Figure) -> alt.TopLevelMixin:
     d = alt.Data(values=_values(f.data))
     sev = alt.Scale(domain=SEVERITIES, range=["#7f0000", "#d7301f", "#fc8d59", "#fdcc8a"])
@@ -83,13 +88,15 @@ def _chart(f: Figure) -> alt.TopLevelMixin:
             y=y, x=alt.X("units:Q", title="units (absolute difference)"),
             tooltip=["warehouse:N", "units:Q", "net_units:Q", "sku_locations:Q"]).properties(width=260)
         value = base.mark_bar(color="#f58518").encode(
-            y=y, x=alt.X("value:Q", title="value at list price"),
+            y=y, x=alt.X("value:Q", title=f"value at list price ({_currency(f.data)})"),
             tooltip=["warehouse:N", "value:Q", "currency:N", "unpriced:Q"]).properties(width=260)
         return alt.hconcat(units, value)
     if f.name == "price_mismatches":
         y = alt.Y("price_list:N", sort="-x", title=None)
-        risk = base.mark_bar(color="#e45756").encode(
-            y=y, x=alt.X("revenue_at_risk:Q", title="revenue at risk"),
+        # each list in its own currency: the colour says which, so no one adds EUR to USD
+        risk = base.mark_bar().encode(
+            y=y, x=alt.X("revenue_at_risk:Q", title="revenue at risk (list currency)"),
+            color=alt.Color("currency:N", scale=alt.Scale(scheme="set1")),
             tooltip=["price_list:N", "currency:N", "revenue_at_risk:Q", "mismatched_prices:Q"]).properties(width=260)
         count = base.mark_bar(color="#72b7b2").encode(
             y=y, x=alt.X("mismatched_prices:Q", title="mismatched prices"),

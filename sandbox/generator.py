@@ -353,6 +353,9 @@ def build(root: str | Path, scale: float = 1.0, seed: int = 7, today: date | Non
     truth.add("on_hand_vs_physical_count", "inventory", "erp",
               erp_i.loc[idx, "sku"] + "|" + erp_i.loc[idx, "location"], "on_hand", wms_i.loc[idx, "on_hand"].astype(str))
 
+    crm_c, wms_c, wms_p, match_truth = inject_matching_cases(
+        seed, max(3, int(round(ns * 0.01))), erp_c, crm_c, wms_c, erp_p, wms_p, truth, used_c, used_p)
+
     # ================================================================== write the systems
     if backends.erp_url:
         _write_erp_sql(backends.erp_url, erp_c, erp_p, erp_pr, erp_i)
@@ -365,6 +368,7 @@ def build(root: str | Path, scale: float = 1.0, seed: int = 7, today: date | Non
         _write_wms(root / "wms", wms_c, wms_p, wms_i, now)
     gt = truth.frame()
     gt.to_csv(root / "ground_truth.csv", index=False)
+    match_truth.to_csv(root / "match_truth.csv", index=False)
     meta = {"seed": seed, "scale": scale, "today": today.isoformat(), "drift": drift,
             "backends": backends.describe(),
             "sizes": {"customers_erp": len(erp_c), "accounts_crm": len(crm_c), "ship_tos_wms": len(wms_c),
@@ -684,3 +688,149 @@ def _write_wms_sql(url: str, c: pd.DataFrame, p: pd.DataFrame, i: pd.DataFrame) 
             }))
     finally:
         engine.dispose()
+
+
+# ================================================================== matching cases (issue 7)
+MATCH_TRUTH_COLUMNS = ["domain", "kind", "system", "key", "anchor_key", "expect"]
+
+
+def _typo(word: str, k: int) -> str:
+    """A deterministic typo: two neighbouring letters swapped inside the word."""
+    if len(word) < 4:
+        return word + word[-1]
+    i = 1 + k % (len(word) - 2)
+    return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+
+
+def inject_matching_cases(seed: int, n: int, erp_c: pd.DataFrame, crm_c: pd.DataFrame, wms_c: pd.DataFrame,
+                          erp_p: pd.DataFrame, wms_p: pd.DataFrame, truth: "Truth", used_c: set,
+                          used_p: set) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Records whose cross-reference is missing or wrong, as real systems grow them.
+
+    Returns (crm_c, wms_c, wms_p, match_truth). Every case is recorded twice: in `truth` (the
+    corrections a perfect run makes: only accepted matches drive corrections, broken keys and
+    duplicates are held) and in match_truth (which anchor each probe belongs to, or that it must be
+    held), which bench/matching.py scores. Uses its own random stream so the rest of the landscape
+    is unchanged.
+    """
+    rng = np.random.default_rng(seed + 7_000)
+    mt: list[dict] = []
+    crm_c, wms_c, wms_p = crm_c.copy(), wms_c.copy(), wms_p.copy()
+
+    # customers the CRM created that are new: a new customer has its own address, phone and email
+    # (copies of an existing customer's would make it that customer's duplicate)
+    new = crm_c["erp"].isna() & crm_c["crm_id"].str.startswith("ACC-9")
+    k = int(new.sum())
+    crm_c.loc[new, "street"] = [f"{a} Enterprise Blvd" for a in rng.integers(10000, 19999, k)]
+    crm_c.loc[new, "street2"] = None
+    crm_c.loc[new, "phone_national"] = [p[:-7] + f"{x:07d}" for p, x in zip(crm_c.loc[new, "phone_national"],
+                                                                           rng.integers(1000000, 1999999, k))]
+    crm_c.loc[new, "email"] = ["hello@" + c.lower().replace("-", "") + ".example.net" for c in crm_c.loc[new, "crm_id"]]
+    for key in crm_c.loc[new, "crm_id"]:
+        mt.append({"domain": "customer", "kind": "new_customer", "system": "crm", "key": key, "anchor_key": None,
+                   "expect": "unmatched"})
+
+    def take(mask, count) -> pd.Index:
+        cand = crm_c.index[mask & crm_c["erp"].notna() & ~crm_c.index.isin(list(used_c))]
+        chosen = pd.Index(rng.choice(cand, min(count, len(cand)), replace=False))
+        used_c.update(chosen)
+        return chosen
+
+    sold, ship = crm_c["role"] == "sold_to", crm_c["role"] == "ship_to"
+    # an ERP sold-to whose ship-tos are all untouched keeps the hierarchy check meaningful
+    unkeyed_cases = {
+        "unkeyed_typo": take(sold, n), "unkeyed_reordered": take(sold, n),
+        "unkeyed_abbreviations": take(ship & crm_c["street2"].notna(), n),
+        "unkeyed_suite_changed": take(ship & crm_c["street2"].notna(), n),
+        "unkeyed_moved_ship_to": take(ship, n),
+    }
+    for kind, idx in unkeyed_cases.items():
+        erp_keys = crm_c.loc[idx, "erp"].tolist()
+        if kind == "unkeyed_typo":
+            crm_c.loc[idx, "name"] = [" ".join(_typo(w, i) if j == 0 else w for j, w in enumerate(nm.split(" ")))
+                                      for i, nm in enumerate(erp_c.loc[idx, "name"])]
+        elif kind == "unkeyed_reordered":
+            crm_c.loc[idx, "name"] = [" ".join([nm.split(" ")[1], nm.split(" ")[0]] + nm.split(" ")[2:]).replace(
+                " Inc", " Incorporated").replace(" Ltd", " Limited") for nm in erp_c.loc[idx, "name"]]
+        elif kind == "unkeyed_abbreviations":
+            crm_c.loc[idx, "street"] = (crm_c.loc[idx, "street"].str.replace(r"\bSt\b", "Street", regex=True)
+                                        .str.replace(r"\bAve\b", "Avenue", regex=True)
+                                        .str.replace(r"\bRd\b", "Road", regex=True)
+                                        .str.replace(r"\bDr\b", "Drive", regex=True)
+                                        .str.replace(r"\bPkwy\b", "Parkway", regex=True)
+                                        .str.replace(r"\bBlvd\b", "Boulevard", regex=True))
+            crm_c.loc[idx, "street2"] = crm_c.loc[idx, "street2"].str.replace("Suite", "Ste.")
+        elif kind == "unkeyed_suite_changed":
+            crm_c.loc[idx, "street2"] = [f"Suite {x}" for x in rng.integers(1000, 1999, len(idx))]
+        elif kind == "unkeyed_moved_ship_to":
+            crm_c.loc[idx, "street"] = [f"{x} Logistics Park" for x in rng.integers(10000, 19999, len(idx))]
+        crm_c.loc[idx, "erp"] = None
+        truth.add(kind, "customer", "crm", crm_c.loc[idx, "crm_id"], "match_key", erp_keys)
+        if kind in ("unkeyed_typo", "unkeyed_reordered"):
+            truth.add(kind, "customer", "crm", crm_c.loc[idx, "crm_id"], "name", erp_c.loc[idx, "name"])
+        for col, field in (("street", "address_line1"), ("street2", "address_line2")):
+            changed = idx[(crm_c.loc[idx, col].fillna("") != erp_c.loc[idx, col].fillna("")).to_numpy()]
+            # the CRM owns the address: the ERP and the WMS take its value
+            truth.add(kind, "customer", "erp", erp_c.loc[changed, "erp"], field, crm_c.loc[changed, col])
+            wms_changed = changed[changed.isin(wms_c.index)]
+            truth.add(kind, "customer", "wms", erp_c.loc[wms_changed, "erp"], field, crm_c.loc[wms_changed, col])
+        mt += [{"domain": "customer", "kind": kind, "system": "crm", "key": c, "anchor_key": e, "expect": "link"}
+               for c, e in zip(crm_c.loc[idx, "crm_id"], erp_keys)]
+
+    # a duplicate account: a second CRM account for a customer the CRM already has, without a key
+    idx = take(sold, n)
+    dup = crm_c.loc[idx].copy()
+    dup["crm_id"] = [f"ACC-8{i:06d}" for i in range(len(dup))]
+    dup["erp"] = None
+    dup.index = pd.RangeIndex(crm_c.index.max() + 1, crm_c.index.max() + 1 + len(dup))
+    dup["name"] = dup["name"].str.replace(" Inc", " Inc.").str.replace(" LLC", ", LLC") + " "
+    crm_c = pd.concat([crm_c, dup], ignore_index=False)
+    mt += [{"domain": "customer", "kind": "duplicate_account", "system": "crm", "key": c, "anchor_key": e,
+            "expect": "held"} for c, e in zip(dup["crm_id"], crm_c.loc[idx, "erp"])]
+
+    # a wrong key: the CRM's ERP number points at another customer of the same country
+    idx = take(sold, n)
+    others = erp_c[(erp_c["role"] == "sold_to") & ~erp_c.index.isin(list(used_c))]
+    for i in idx:
+        pool = others[(others["country"] == crm_c.at[i, "country"]) & (others["erp"] != crm_c.at[i, "erp"])
+                      & (others["name"].str.split(" ").str[0] != crm_c.at[i, "name"].split(" ")[0])]
+        wrong = pool["erp"].iloc[int(rng.integers(0, len(pool)))]
+        mt.append({"domain": "customer", "kind": "xref_wrong", "system": "crm", "key": crm_c.at[i, "crm_id"],
+                   "anchor_key": crm_c.at[i, "erp"], "expect": "held"})
+        crm_c.at[i, "erp"] = wrong
+
+    # the WMS's own ship-to code instead of the ERP number, with a typo in the name
+    widx = wms_c.index[~wms_c.index.isin(list(used_c))]
+    widx = pd.Index(rng.choice(widx, min(n, len(widx)), replace=False))
+    used_c.update(widx)
+    erp_keys = wms_c.loc[widx, "erp"].tolist()
+    codes = [f"W{x:07d}" for x in rng.integers(1000000, 9999999, len(widx))]
+    wms_c.loc[widx, "name"] = [" " + _typo(nm.strip(), i) + " " for i, nm in enumerate(wms_c.loc[widx, "name"])]
+    wms_c.loc[widx, "erp"] = codes
+    truth.add("wms_own_ship_to_code", "customer", "wms", codes, "name", erp_c.loc[widx, "name"])
+    mt += [{"domain": "customer", "kind": "wms_own_ship_to_code", "system": "wms", "key": c, "anchor_key": e,
+            "expect": "link"} for c, e in zip(codes, erp_keys)]
+
+    # products: the WMS keys some items by its own code; GTIN first, else description + attributes
+    free = wms_p.index[~wms_p.index.isin(list(used_p))]
+    gidx = pd.Index(rng.choice(free, min(n, len(free)), replace=False))
+    used_p.update(gidx)
+    gcodes = ["WG" + g[-8:] for g in wms_p.loc[gidx, "gtin"]]
+    truth.add("wms_item_own_code_gtin", "product", "wms", gcodes, "description", erp_p.loc[gidx, "description"])
+    wms_p.loc[gidx, "description"] = wms_p.loc[gidx, "description"] + " (NEW)"
+    wms_p.loc[gidx, "sku"] = gcodes
+    mt += [{"domain": "product", "kind": "wms_item_own_code_gtin", "system": "wms", "key": c, "anchor_key": s,
+            "expect": "link"} for c, s in zip(gcodes, erp_p.loc[gidx, "sku"])]
+    # without a GTIN, an item is only matched where description, case size and weight single it out
+    sig = erp_p["description"] + "|" + erp_p["case_qty"].astype(str)
+    unique = ~sig.duplicated(keep=False)
+    free = wms_p.index[unique.reindex(wms_p.index).fillna(False).to_numpy() & ~wms_p.index.isin(list(used_p))]
+    didx = pd.Index(rng.choice(free, min(n, len(free)), replace=False))
+    used_p.update(didx)
+    dcodes = [f"WD{x:07d}" for x in rng.integers(1000000, 9999999, len(didx))]
+    truth.add("wms_item_own_code_no_gtin", "product", "wms", dcodes, "gtin", erp_p.loc[didx, "gtin"])
+    wms_p.loc[didx, "gtin"] = None
+    wms_p.loc[didx, "sku"] = dcodes
+    mt += [{"domain": "product", "kind": "wms_item_own_code_no_gtin", "system": "wms", "key": c, "anchor_key": s,
+            "expect": "link"} for c, s in zip(dcodes, erp_p.loc[didx, "sku"])]
+    return crm_c, wms_c, wms_p, pd.DataFrame(mt, columns=MATCH_TRUTH_COLUMNS)

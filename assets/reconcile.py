@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 from checks.asset_checks import contract_result, contract_spec, gate_result, gate_spec
 from resources.project import TrueupSettings
 from resources.state import StateStoreResource
-from trueup import reconcile, steps
+from trueup import matching, reconcile, steps
 from trueup.reconcile import CROSSWALK_SCHEMA
 
 GATE_KEY = b"trueup.gate"  # plan metadata: {system: reason} for systems nothing may be written to
@@ -23,6 +23,10 @@ def _counts_md(table: pa.Table, limit: int = 20) -> str:
     for row in table.slice(0, limit).to_pylist():
         lines.append("| " + " | ".join(str(row[c]) for c in cols) + " |")
     return "\n".join(lines)
+
+
+def _count(values: list) -> dict:
+    return {v: values.count(v) for v in sorted(set(values))}
 
 
 def writeback_targets(domain: str, config) -> list[str]:
@@ -81,11 +85,26 @@ def domain_assets(domain: str, systems: list[str], config) -> list[dg.AssetsDefi
         wh = trueup.warehouse
         issues = wh.read("quarantine", domain)
         crosswalk = wh.read("state", "crosswalk", domain)
-        out, crosswalk = reconcile.match(domain, staged, crosswalk, issues)
+        # records without a usable cross-reference: probabilistic matching, decisions persisted
+        res = matching.match_domain(domain, staged, trueup.config, previous=wh.read("state", "match_links", domain),
+                                    decisions=wh.read("state", "review_decisions", domain))
+        links = apart = None
+        match_md = {}
+        if res is not None:
+            wh.write(res.links, "state", "match_links", domain)
+            wh.write(res.review_queue(), "review", domain)
+            wh.write(res.exceptions, "match_exceptions", domain)
+            links, apart = res.link_keys(), res.held()
+            status = res.links.column("status").to_pylist()
+            match_md = {"match_comparisons": res.comparisons, "match_reused": res.reused,
+                        **{f"match_{s}": status.count(s) for s in ("accepted", "confirmed", "review", "unmatched")},
+                        **{f"exceptions_{k}": v for k, v in
+                           _count(res.exceptions.column("kind").to_pylist()).items()}}
+        out, crosswalk = reconcile.match(domain, staged, crosswalk, issues, links=links, apart=apart)
         wh.write(crosswalk.cast(CROSSWALK_SCHEMA), "state", "crosswalk", domain)
         context.add_output_metadata({
             "records": out.num_rows, "golden_records": pc.count_distinct(out.column("golden_id")).as_py(),
-            "held_in_quarantine": out.filter(out.column("held")).num_rows})
+            "held_in_quarantine": out.filter(out.column("held")).num_rows, **match_md})
         return out
 
     @dg.asset(name=f"{domain}_golden", group_name=domain, ins={"matched": dg.AssetIn(f"{domain}_matched")},

@@ -478,7 +478,9 @@ def _key_checks(con, domain: str, th: Thresholds) -> pa.Table:
             -- a second record of the same system on an anchor that already has a keyed one
             SELECT l.source_system, l.source_key, l.anchor_key, l.confidence, l.reason
             FROM linked l WHERE EXISTS (SELECT 1 FROM probes p WHERE p.keyed AND p.source_system = l.source_system
-                                        AND p.match_key = l.anchor_key)
+                                        AND p.match_key = l.anchor_key
+                                        AND (p.source_system, p.source_key) NOT IN
+                                            (SELECT (source_system, source_key) FROM wrong))
                OR (SELECT count(*) FROM linked o WHERE o.source_system = l.source_system
                    AND o.anchor_key = l.anchor_key) > 1)
         SELECT $1 AS domain,
@@ -513,3 +515,23 @@ def decisions_append(existing: pa.Table | None, domain: str, source_system: str,
                     "decided_at": [now or datetime.now(timezone.utc)]}, schema=DECISION_SCHEMA)
     return pa.concat_tables([existing.cast(DECISION_SCHEMA), row]) if existing is not None else row
 
+
+
+def anchor_system(domain: str, config) -> tuple[str, str | None]:
+    """(anchor system, cross-reference system) for a domain: the system the cross-reference
+    refers to, else the system of record for most of the domain's fields."""
+    rules = config.rules.domains[domain]
+    if rules.xref:
+        return rules.xref.refers_to, rules.xref.system
+    owners = [r.owner for r in rules.fields.values()]
+    return max(sorted(set(owners)), key=owners.count), None
+
+
+def match_domain(domain: str, staged: pa.Table, config, *, previous: pa.Table | None = None,
+                 decisions: pa.Table | None = None, thresholds: Thresholds | None = None) -> Resolution | None:
+    """`resolve` for a matched domain with its anchor from the rules; None for other domains."""
+    if domain not in MATCHED_DOMAINS:
+        return None
+    anchor, xref = anchor_system(domain, config)
+    return resolve(domain, staged, anchor, xref_system=xref, previous=previous, decisions=decisions,
+                   thresholds=thresholds)

@@ -50,8 +50,15 @@ def match(
     staged: pa.Table,
     crosswalk: pa.Table | None = None,
     issues: pa.Table | None = None,
+    links: pa.Table | None = None,
+    apart: pa.Table | None = None,
 ) -> tuple[pa.Table, pa.Table]:
     """Give every staged record its golden id; return (matched, crosswalk).
+
+    `links` (source_system, source_key, link_key): accepted probabilistic matches (trueup.matching),
+    a record clusters on its link key instead of its own match key. `apart` (source_system,
+    source_key): records set apart (a broken cross-reference, a duplicate, a match awaiting review):
+    each stands alone and held, so nothing is corrected on a guess.
 
     `matched` is `staged` plus `golden_id`, `parent_golden_id` (for hierarchies) and `held` (the
     cluster has a member with an error-severity issue, so nothing in it is corrected this run).
@@ -64,6 +71,9 @@ def match(
     con.register("issues", issues if issues is not None else pa.table(
         {"source_system": pa.array([], pa.string()), "source_key": pa.array([], pa.string()),
          "match_key": pa.array([], pa.string()), "severity": pa.array([], pa.string())}))
+    pair = {"source_system": pa.array([], pa.string()), "source_key": pa.array([], pa.string())}
+    con.register("links", links if links is not None else pa.table({**pair, "link_key": pa.array([], pa.string())}))
+    con.register("apart", apart if apart is not None else pa.table(pair))
     prefix = GOLDEN_PREFIX[domain]
     parent_sql = (
         """, p AS (
@@ -76,15 +86,23 @@ def match(
     )
     sql = f"""
         WITH cw AS (SELECT * FROM crosswalk WHERE domain = $1),
+        s0 AS (
+            SELECT staged.*, l.link_key,
+                   (staged.source_system, staged.source_key) IN (SELECT (source_system, source_key) FROM apart)
+                       AS apart
+            FROM staged LEFT JOIN (SELECT DISTINCT * FROM links) l USING (source_system, source_key)),
         s AS (
-            SELECT *, coalesce(match_key, '~' || source_system || ':' || source_key) AS cluster
-            FROM staged),
+            SELECT * EXCLUDE (link_key),
+                   CASE WHEN apart THEN '~' || source_system || ':' || source_key
+                        ELSE coalesce(link_key, match_key, '~' || source_system || ':' || source_key) END AS cluster
+            FROM s0),
         known AS (
             -- a cluster keeps the id its anchor (the record whose own key is the match key) had,
             -- else the smallest id any member had
             SELECT s.cluster,
                    arg_min(cw.golden_id, (CASE WHEN s.source_key = s.match_key THEN 0 ELSE 1 END, cw.golden_id)) AS golden_id
             FROM s JOIN cw ON cw.source_system = s.source_system AND cw.source_key = s.source_key
+            WHERE NOT s.apart
             GROUP BY s.cluster),
         c AS (
             SELECT s.* EXCLUDE (cluster),
@@ -98,8 +116,8 @@ def match(
             UNION SELECT golden_id FROM c WHERE EXISTS
               (SELECT 1 FROM issues WHERE severity = 'error' AND source_key = '<all>'))
         {parent_sql}
-        SELECT c.*, {"p.parent_golden_id" if parent_sql else "NULL::VARCHAR AS parent_golden_id"},
-               c.golden_id IN (SELECT golden_id FROM bad) AS held
+        SELECT c.* EXCLUDE (apart), {"p.parent_golden_id" if parent_sql else "NULL::VARCHAR AS parent_golden_id"},
+               c.apart OR c.golden_id IN (SELECT golden_id FROM bad) AS held
         FROM c {"LEFT JOIN p USING (source_system, source_key)" if parent_sql else ""}
     """
     matched = fetch(con, sql, [domain])

@@ -1,0 +1,129 @@
+"""Probabilistic matching: normalisation, decisions, broken keys, and golden ids that hold still."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tests.unit.test_reconcile import staged
+from trueup import matching, reconcile
+
+ERP = [
+    {"source_system": "erp", "source_key": "1001", "match_key": "1001", "role": "sold_to", "name": "Blue Harbor Supply Inc",
+     "address_line1": "12 Main St", "address_line2": "Suite 400", "postal_code": "60601", "city": "Chicago",
+     "country": "US", "phone": "+13125550100", "email": "orders@blueharbor.example.com"},
+    {"source_system": "erp", "source_key": "1002", "match_key": "1002", "role": "sold_to", "name": "Granite Tools LLC",
+     "address_line1": "9 Oak Ave", "postal_code": "75201", "city": "Dallas", "country": "US",
+     "phone": "+12145550111", "email": "buy@granite.example.com"},
+    {"source_system": "erp", "source_key": "1003", "match_key": "1003", "role": "sold_to", "name": "Blue Harbor Supply Inc",
+     "address_line1": "400 Lake Rd", "postal_code": "60690", "city": "Chicago", "country": "US",
+     "phone": "+13125550999", "email": "ap@otherblue.example.com"},
+]
+# the same customer as 1001, created in the CRM without the ERP number: a typo, words reordered,
+# the legal form spelled out, the street and the suite abbreviated
+CRM_UNKEYED = {"source_system": "crm", "source_key": "ACC-1", "match_key": None, "role": "sold_to",
+               "name": "HARBOR BLEU SUPPLY INCORPORATED", "address_line1": "12 Main Street", "address_line2": "Ste. 400",
+               "postal_code": "60601", "city": "Chicago", "country": "US", "phone": "+13125550100",
+               "email": "orders@blueharbor.example.com"}
+# Granite Tools' CRM account carrying Blue Harbor's ERP number
+CRM_WRONG = {"source_system": "crm", "source_key": "ACC-2", "match_key": "1001", "role": "sold_to",
+             "name": "Granite Tools", "address_line1": "9 Oak Avenue", "postal_code": "75201", "city": "Dallas",
+             "country": "US", "phone": "+12145550111", "email": "buy@granite.example.com"}
+
+
+def test_normalisation_sees_through_legal_forms_abbreviations_and_case():
+    n = matching.normalise_customers(staged("customer", [ERP[0], CRM_UNKEYED])).to_pylist()
+    assert n[0]["name_n"] == "blue harbor supply" and n[1]["name_n"] == "harbor bleu supply"
+    assert n[0]["addr_n"] == n[1]["addr_n"] == "12 main st"
+    assert n[0]["suite_n"] == n[1]["suite_n"] == "400"
+
+
+def test_unkeyed_record_is_linked_with_reason_and_a_wrong_key_is_an_exception_not_a_correction(config):
+    t = staged("customer", ERP + [CRM_UNKEYED, CRM_WRONG])
+    res = matching.match_domain("customer", t, config)
+    link = res.links.filter(pc.equal(res.links.column("source_key"), "ACC-1")).to_pylist()[0]
+    assert (link["status"], link["anchor_key"]) == ("accepted", "1001")
+    assert "phone =" in link["reason"] and "street 100" in link["reason"] and link["confidence"] >= 0.9
+    exc = res.exceptions.to_pylist()
+    assert [(e["kind"], e["source_key"], e["claimed_key"], e["suggested_key"]) for e in exc] == [
+        ("xref_wrong", "ACC-2", "1001", "1002")]
+    assert "claimed: name" in exc[0]["evidence"] and "suggested:" in exc[0]["evidence"]
+
+    m, _ = reconcile.match("customer", t, links=res.link_keys(), apart=res.held())
+    g = reconcile.build_golden("customer", m, config, datetime(2026, 6, 1).date())
+    plan = reconcile.build_plan("customer", m, g, config).to_pylist()
+    # the unkeyed account gets its cross-reference and the owner's name; the wrongly keyed one: nothing
+    assert {(r["target_key"], r["field"], r["new_value"]) for r in plan if r["target_system"] == "crm"} == {
+        ("ACC-1", "match_key", "1001"), ("ACC-1", "name", "Blue Harbor Supply Inc")}
+    assert not [r for r in plan if "ACC-2" in (r["target_key"], r["old_value"], r["new_value"])]
+
+
+def test_grey_zone_goes_to_review_and_a_confirmation_persists(config):
+    # same name and city, nothing else: not enough to link, too much to ignore
+    grey = {"source_system": "crm", "source_key": "ACC-3", "match_key": None, "role": "sold_to",
+            "name": "Granite Tools", "address_line1": "9 Oak Av", "postal_code": "75209", "city": "Dallas",
+            "country": "US"}
+    t = staged("customer", ERP + [grey])
+    res = matching.match_domain("customer", t, config)
+    assert res.review_queue().column("source_key").to_pylist() == ["ACC-3"]
+    assert res.link_keys().num_rows == 0 and res.held().column("source_key").to_pylist() == ["ACC-3"]
+    later = datetime.now(timezone.utc) + timedelta(seconds=1)
+    dec = matching.decisions_append(None, "customer", "crm", "ACC-3", "1002", "confirm", "ops@distributor", now=later)
+    again = matching.match_domain("customer", t, config, previous=res.links, decisions=dec)
+    row = again.links.to_pylist()[0]
+    assert (row["status"], row["anchor_key"], row["confidence"]) == ("confirmed", "1002", 1.0)
+    assert again.link_keys().column("link_key").to_pylist() == ["1002"]
+    rej = matching.decisions_append(None, "customer", "crm", "ACC-3", "1002", "reject", "ops@distributor", now=later)
+    assert matching.match_domain("customer", t, config, decisions=rej).links.to_pylist()[0]["anchor_key"] != "1002"
+
+
+def _golden(t: pa.Table, config, crosswalk=None, previous=None):
+    res = matching.match_domain("customer", t, config, previous=previous)
+    m, cw = reconcile.match("customer", t, crosswalk, links=res.link_keys(), apart=res.held())
+    return dict(zip(zip(m.column("source_system").to_pylist(), m.column("source_key").to_pylist()),
+                    m.column("golden_id").to_pylist())), cw, res
+
+
+def test_golden_ids_hold_across_reruns_and_a_backfill_and_new_records_match_incrementally(config):
+    rows = ERP + [CRM_UNKEYED, CRM_WRONG]
+    first, cw, res1 = _golden(staged("customer", rows), config)
+    assert first[("crm", "ACC-1")] == first[("erp", "1001")]
+    assert res1.comparisons > 0
+
+    # the same extract again: every decision reused (only the carried keys are checked again), the same ids
+    second, cw, res2 = _golden(staged("customer", rows), config, cw, previous=res1.links)
+    assert second == first and res2.reused == res1.links.num_rows
+    assert res2.comparisons == _golden(staged("customer", ERP + [CRM_WRONG]), config)[2].comparisons
+
+    # a backfill: rows replayed in another order and from scratch (no earlier links) against the crosswalk
+    backfill, cw, _ = _golden(staged("customer", list(reversed(rows))), config, cw)
+    assert backfill == first
+
+    # an incremental run with one new CRM record: only it is scored; everything else keeps its id
+    new = {**CRM_UNKEYED, "source_key": "ACC-9", "name": "Granite Tool LLC", "address_line1": "9 Oak Ave",
+           "address_line2": None, "postal_code": "75201", "city": "Dallas", "phone": "+12145550111",
+           "email": "buy@granite.example.com"}
+    inc, cw, res4 = _golden(staged("customer", rows + [new]), config, cw, previous=res2.links)
+    assert {k: v for k, v in inc.items() if k != ("crm", "ACC-9")} == first
+    assert inc[("crm", "ACC-9")] == first[("erp", "1002")]
+    assert res4.reused == res2.links.num_rows and 0 < res4.comparisons - res2.comparisons <= len(ERP)
+
+
+def test_products_match_on_gtin_first_then_description_and_attributes(config):
+    erp = [{"source_system": "erp", "source_key": f"SKU-{i}", "match_key": f"SKU-{i}", "sku": f"SKU-{i}",
+            "gtin": g, "description": d, "case_qty": q, "weight_kg": Decimal(str(w)), "base_uom": "EA"}
+           for i, (g, d, q, w) in enumerate([("00012345678905", "Hex Bolt Small", 12, 1.0),
+                                             ("00012345678912", "Hex Bolt Small", 12, 5.0),
+                                             ("00012345678929", "Duct Tape Pro", 6, 0.4)])]
+    wms = [{"source_system": "wms", "source_key": "W1", "match_key": "W1", "sku": "W1", "gtin": "12345678912",
+            "description": "Nitrile Gloves", "case_qty": 12, "weight_kg": Decimal("5.0")},
+           {"source_system": "wms", "source_key": "W2", "match_key": "W2", "sku": "W2", "gtin": None,
+            "description": "DUCT TAPE  PRO", "case_qty": 6, "weight_kg": Decimal("0.401")},
+           {"source_system": "wms", "source_key": "W3", "match_key": "W3", "sku": "W3", "gtin": None,
+            "description": "Hex Bolt Small", "case_qty": 12, "weight_kg": Decimal("1.0")}]
+    res = matching.match_domain("product", staged("product", erp + wms), config)
+    got = {r["source_key"]: (r["status"], r["anchor_key"]) for r in res.links.to_pylist()}
+    assert got == {"W1": ("accepted", "SKU-1"), "W2": ("accepted", "SKU-2"), "W3": ("accepted", "SKU-0")}

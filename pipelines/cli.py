@@ -6,6 +6,8 @@ demo, and score a run against the demo's ground truth.
     trueup demo build [--scale 10]     the ERP (and a `kind: sql` WMS) go to TRUEUP_ERP_URL /
                                TRUEUP_WMS_URL when set, e.g. with TRUEUP_CONFIG_DIR=config/profiles/servers
     trueup score [--run RUN_ID]
+    trueup review list [--domain customer]
+    trueup review confirm|reject DOMAIN SYSTEM KEY ANCHOR_KEY [--by NAME]
 """
 
 from __future__ import annotations
@@ -116,6 +118,34 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_review(args) -> int:
+    """The match review queue: list it, or record a person's decision (used from the next run on)."""
+    from trueup import matching
+    from trueup.warehouse import Warehouse
+
+    wh = Warehouse(_home(args) / "warehouse")
+    if args.review_cmd == "list":
+        shown = 0
+        for domain in ([args.domain] if args.domain else matching.MATCHED_DOMAINS):
+            q = wh.read("review", domain)
+            for r in (q.to_pylist() if q is not None else []):
+                shown += 1
+                print(f"{domain}\t{r['source_system']}\t{r['source_key']}\t-> {r['anchor_system']} {r['anchor_key']}"
+                      f"\tconfidence {r['confidence']:.3f}\t{r['reason']}")
+        print(f"{shown} match(es) awaiting review", file=sys.stderr)
+        return 0
+    try:
+        dec = matching.decisions_append(wh.read("state", "review_decisions", args.domain), args.domain,
+                                        args.system, args.key, args.anchor_key, args.review_cmd,
+                                        args.by or os.environ.get("USER", "unknown"))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    wh.write(dec, "state", "review_decisions", args.domain)
+    print(f"{args.review_cmd}ed: {args.domain} {args.system} {args.key} -> {args.anchor_key} (applies from the next run)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="trueup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--home", help="working folder (default: $TRUEUP_HOME or .trueup)")
@@ -134,6 +164,19 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("score", help="score a run against the demo's ground truth")
     s.add_argument("--run", help="run id (default: the latest)")
     s.set_defaults(fn=cmd_score)
+    rv = sub.add_parser("review", help="the match review queue: list, confirm, reject").add_subparsers(
+        dest="review_cmd", required=True)
+    rl = rv.add_parser("list", help="matches awaiting a decision")
+    rl.add_argument("--domain", choices=["customer", "product"])
+    rl.set_defaults(fn=cmd_review)
+    for verb in ("confirm", "reject"):
+        rc = rv.add_parser(verb, help=f"{verb} a proposed match (kept and reused on every later run)")
+        rc.add_argument("domain", choices=["customer", "product"])
+        rc.add_argument("system")
+        rc.add_argument("key")
+        rc.add_argument("anchor_key")
+        rc.add_argument("--by", help="who decided (default: $USER)")
+        rc.set_defaults(fn=cmd_review)
     args = p.parse_args(argv)
     return args.fn(args)
 

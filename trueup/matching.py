@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from rapidfuzz import fuzz
@@ -81,6 +82,7 @@ class Thresholds:
     tie_points: float = 1.5  # a runner-up this close (in points) makes the best one a review case
     midpoint: float = 4.5
     max_token_block: int = 50  # a name token more frequent among anchors than this does not block
+    one_to_one: bool = True  # a second probe of one system on the same anchor is a duplicate account
 
 
 @dataclass
@@ -231,7 +233,7 @@ def _col(t: pa.Table, name: str, idx: np.ndarray) -> np.ndarray:
 
 
 def _present(x: np.ndarray) -> np.ndarray:
-    return np.array([v is not None and v == v for v in x], dtype=bool) if x.dtype == object else ~np.isnan(x)
+    return ~pd.isna(x)
 
 
 def _sim(scorer, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -497,7 +499,7 @@ def _key_checks(con, domain: str, th: Thresholds) -> pa.Table:
         UNION ALL
         SELECT $1, 'duplicate_account', source_system, source_key, anchor_key, NULL, confidence, NULL,
                'matches an anchor another record already carries: ' || reason
-        FROM dup""", [domain])
+        FROM dup WHERE {th.one_to_one}""", [domain])
 
 
 def decisions_append(existing: pa.Table | None, domain: str, source_system: str, source_key: str,

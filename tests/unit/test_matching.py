@@ -127,3 +127,19 @@ def test_products_match_on_gtin_first_then_description_and_attributes(config):
     res = matching.match_domain("product", staged("product", erp + wms), config)
     got = {r["source_key"]: (r["status"], r["anchor_key"]) for r in res.links.to_pylist()}
     assert got == {"W1": ("accepted", "SKU-1"), "W2": ("accepted", "SKU-2"), "W3": ("accepted", "SKU-0")}
+
+
+def test_review_cli_records_decisions_the_next_run_reads(tmp_path, capsys):
+    from pipelines.cli import main
+    from trueup.warehouse import Warehouse
+
+    wh = Warehouse(tmp_path / "warehouse")
+    queue = matching.LINK_SCHEMA.empty_table()
+    wh.write(queue, "review", "customer")
+    assert main(["--home", str(tmp_path), "review", "list"]) == 0
+    assert main(["--home", str(tmp_path), "review", "confirm", "customer", "crm", "ACC-3", "1002", "--by", "ops"]) == 0
+    assert main(["--home", str(tmp_path), "review", "reject", "customer", "crm", "ACC-4", "1001", "--by", "ops"]) == 0
+    dec = wh.read("state", "review_decisions", "customer").to_pylist()
+    assert [(d["source_key"], d["anchor_key"], d["decision"], d["decided_by"]) for d in dec] == [
+        ("ACC-3", "1002", "confirm", "ops"), ("ACC-4", "1001", "reject", "ops")]
+    assert main(["--home", str(tmp_path), "review", "confirm", "customer", "crm", "ACC-5", ""]) == 2

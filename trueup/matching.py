@@ -253,6 +253,14 @@ def _eq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return eq
 
 
+def _eq_near(a: np.ndarray, b: np.ndarray, near: float = 80) -> np.ndarray:
+    """Like `_eq`, with 0.5 where the values differ by a keystroke or two (similarity >= near):
+    a typo in a tax id or a postal code is weak agreement, not evidence against."""
+    eq = _eq(a, b)
+    close = (eq < 0) & (np.nan_to_num(_sim(fuzz.ratio, a, b)) >= near)
+    return np.where(close, 0.5, eq)
+
+
 def _bands(s: np.ndarray, bands: list[tuple[float, float]], below: float) -> np.ndarray:
     """Points for a similarity by band (highest first); 0 where it is missing."""
     pts = np.full(len(s), below)
@@ -267,17 +275,19 @@ def score_customers(probes: pa.Table, anchors: pa.Table, p: np.ndarray, a: np.nd
     pn, an = _col(probes, "name_n", p), _col(anchors, "name_n", a)
     f["name"] = np.fmax(_sim(fuzz.token_sort_ratio, pn, an), _sim(fuzz.token_set_ratio, pn, an) - 5)
     f["street"] = _sim(fuzz.ratio, _col(probes, "addr_n", p), _col(anchors, "addr_n", a))
-    for k in ("suite_n", "postal_n", "city_n", "phone", "email", "tax_id", "role"):
+    for k in ("phone", "email", "role"):
         f[k] = _eq(_col(probes, k, p), _col(anchors, k, a))
+    for k in ("suite_n", "postal_n", "city_n", "tax_id"):
+        f[k] = _eq_near(_col(probes, k, p), _col(anchors, k, a))
     f["parent"] = _eq(_col(probes, "parent_anchor", p), _col(anchors, "parent_key", a))
     pts = (_bands(f["name"], [(92, 3.0), (85, 2.0), (75, 1.0), (60, 0.0)], -3.0)
            + _bands(f["street"], [(92, 2.5), (80, 1.0)], -1.5)
-           + np.select([f["suite_n"] > 0, f["suite_n"] < 0], [0.5, -0.5], 0)
-           + np.select([f["postal_n"] > 0, f["postal_n"] < 0], [1.0, -0.5], 0)
-           + np.select([f["city_n"] > 0, f["city_n"] < 0], [0.5, -1.0], 0)
+           + np.select([f["suite_n"] == 1, f["suite_n"] < 0], [0.5, -0.5], 0)
+           + np.select([f["postal_n"] == 1, f["postal_n"] == 0.5, f["postal_n"] < 0], [1.0, 0.25, -0.5], 0)
+           + np.select([f["city_n"] == 1, f["city_n"] == 0.5, f["city_n"] < 0], [0.5, 0.25, -1.0], 0)
            + np.select([f["phone"] > 0, f["phone"] < 0], [3.0, -0.5], 0)
            + np.select([f["email"] > 0, f["email"] < 0], [3.0, -0.5], 0)
-           + np.select([f["tax_id"] > 0, f["tax_id"] < 0], [4.0, -2.0], 0)
+           + np.select([f["tax_id"] == 1, f["tax_id"] == 0.5, f["tax_id"] < 0], [5.0, 2.0, -2.0], 0)
            + np.select([f["role"] > 0, f["role"] < 0], [0.5, -2.0], 0)
            + np.select([f["parent"] > 0, f["parent"] < 0], [1.5, -3.0], 0))
     f["points"] = pts
@@ -333,7 +343,7 @@ def _reason_sql(t: pa.Table) -> str:
         if k in ("name", "street", "description", "weight"):
             parts.append(f"CASE WHEN isnan({c}) THEN NULL ELSE '{k} ' || CAST(round({c}) AS INTEGER) END")
         else:
-            parts.append(f"CASE {c} WHEN 1 THEN '{k} =' WHEN -1 THEN '{k} ≠' END")
+            parts.append(f"CASE {c} WHEN 1 THEN '{k} =' WHEN 0.5 THEN '{k} ≈' WHEN -1 THEN '{k} ≠' END")
     return "concat_ws('; ', " + ", ".join(parts) + ")"
 
 

@@ -380,11 +380,17 @@ def resolve(domain: str, staged: pa.Table, anchor_system: str, *, xref_system: s
     con.register("prev", previous if previous is not None else LINK_SCHEMA.empty_table())
     con.register("dec", decisions if decisions is not None else DECISION_SCHEMA.empty_table())
     # the anchor key of each record's parent: its parent's own key where the parent is keyed
+    # a record's parent in anchor terms: the parent's own key where it names an anchor record, else
+    # the parent's accepted link (from the previous pass or run): a ship-to is matched within its sold-to
     con.execute("""CREATE TEMP TABLE n2 AS
-        SELECT n.*, CASE WHEN n.source_system = $1 THEN n.parent_key ELSE par.match_key END AS parent_anchor
+        SELECT n.*, CASE WHEN n.source_system = $1 THEN n.parent_key
+                         ELSE coalesce(par.match_key, pl.anchor_key) END AS parent_anchor
         FROM n LEFT JOIN (SELECT source_system, source_key, match_key FROM n
                           WHERE match_key IN (SELECT match_key FROM n WHERE source_system = $1)) par
-          ON par.source_system = n.source_system AND par.source_key = n.parent_key""", [anchor_system])
+          ON par.source_system = n.source_system AND par.source_key = n.parent_key
+        LEFT JOIN (SELECT source_system, source_key, any_value(anchor_key) AS anchor_key FROM prev
+                   WHERE domain = $2 AND status IN ('accepted', 'confirmed') GROUP BY ALL) pl
+          ON pl.source_system = n.source_system AND pl.source_key = n.parent_key""", [anchor_system, domain])
     con.execute(f"CREATE TEMP TABLE n3 AS SELECT *, {_fingerprint_sql(domain)} AS fingerprint FROM n2")
     anchors = fetch(con, "SELECT * FROM n3 WHERE source_system = $1 ORDER BY rid", [anchor_system])
     anchor_keys = set(pc.unique(anchors.column("match_key").drop_null()).to_pylist())
@@ -545,5 +551,21 @@ def match_domain(domain: str, staged: pa.Table, config, *, previous: pa.Table | 
     if domain not in MATCHED_DOMAINS:
         return None
     anchor, xref = anchor_system(domain, config)
-    return resolve(domain, staged, anchor, xref_system=xref, previous=previous, decisions=decisions,
-                   thresholds=thresholds)
+    res = resolve(domain, staged, anchor, xref_system=xref, previous=previous, decisions=decisions,
+                  thresholds=thresholds)
+    # a parent linked just now: its children are matched again within it (only they are rescored:
+    # their parent changed, so their fingerprint did)
+    linked = res.link_keys()
+    if domain == "customer" and linked.num_rows and "parent_key" in staged.column_names:
+        parents = set(zip(linked.column("source_system").to_pylist(), linked.column("source_key").to_pylist()))
+        was = (previous.filter(pc.is_in(previous.column("status"), pa.array(["accepted", "confirmed"])))
+               if previous is not None else LINK_SCHEMA.empty_table())
+        prev_keys = set(zip(was.column("source_system").to_pylist(), was.column("source_key").to_pylist()))
+        children = staged.filter(pc.is_valid(staged.column("parent_key")))
+        if any((s, k) in parents - prev_keys for s, k in zip(children.column("source_system").to_pylist(),
+                                                               children.column("parent_key").to_pylist())):
+            again = resolve(domain, staged, anchor, xref_system=xref, previous=res.links, decisions=decisions,
+                            thresholds=thresholds)
+            res = Resolution(again.links, again.exceptions, res.comparisons + again.comparisons,
+                             res.reused)
+    return res

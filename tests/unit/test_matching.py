@@ -143,3 +143,22 @@ def test_review_cli_records_decisions_the_next_run_reads(tmp_path, capsys):
     assert [(d["source_key"], d["anchor_key"], d["decision"], d["decided_by"]) for d in dec] == [
         ("ACC-3", "1002", "confirm", "ops"), ("ACC-4", "1001", "reject", "ops")]
     assert main(["--home", str(tmp_path), "review", "confirm", "customer", "crm", "ACC-5", ""]) == 2
+
+
+def test_a_ship_to_is_matched_within_its_sold_to_once_the_sold_to_is_matched(config):
+    ship = [{"source_system": "erp", "source_key": "2001", "match_key": "2001", "role": "ship_to", "parent_key": "1001",
+             "name": "Blue Harbor Supply - Chicago", "address_line1": "12 Main St", "postal_code": "60601",
+             "city": "Chicago", "country": "US", "phone": "+13125550200"},
+            {"source_system": "erp", "source_key": "2003", "match_key": "2003", "role": "ship_to", "parent_key": "1003",
+             "name": "Blue Harbor Supply - Chicago", "address_line1": "400 Lake Rd", "postal_code": "60690",
+             "city": "Chicago", "country": "US", "phone": "+13125550300"}]
+    # the ship-to moved (new street and postal code); its sold-to is itself unkeyed in the CRM
+    moved = {"source_system": "crm", "source_key": "ACC-11", "match_key": None, "role": "ship_to",
+             "parent_key": "ACC-1", "name": "Blue Harbor Supply - Chicago", "address_line1": "77 Logistics Park",
+             "postal_code": "60607", "city": "Chicago", "country": "US", "phone": "+13125550200"}
+    alone = matching.match_domain("customer", staged("customer", ERP + ship + [moved]), config)
+    assert alone.links.to_pylist()[0]["status"] != "accepted"  # without the hierarchy: not enough
+    res = matching.match_domain("customer", staged("customer", ERP + ship + [CRM_UNKEYED, moved]), config)
+    got = {r["source_key"]: (r["status"], r["anchor_key"]) for r in res.links.to_pylist()}
+    assert got == {"ACC-1": ("accepted", "1001"), "ACC-11": ("accepted", "2001")}
+    assert "parent =" in res.links.filter(pc.equal(res.links.column("source_key"), "ACC-11")).column("reason")[0].as_py()

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from rapidfuzz import fuzz
@@ -228,37 +227,43 @@ def candidate_pairs(domain: str, probes: pa.Table, anchors: pa.Table, th: Thresh
 
 # ------------------------------------------------------------------ scoring
 
-def _col(t: pa.Table, name: str, idx: np.ndarray) -> np.ndarray:
-    return t.column(name).to_numpy(zero_copy_only=False)[idx]
+def _col(t: pa.Table, name: str, idx: np.ndarray) -> pa.Array:
+    """The column's values for the given row ids (Arrow: no Python objects until rapidfuzz needs them)."""
+    return pc.take(t.column(name), pa.array(idx, pa.int64())).combine_chunks()
 
 
-def _present(x: np.ndarray) -> np.ndarray:
-    return ~pd.isna(x)
+def _both(a: pa.Array, b: pa.Array) -> pa.Array:
+    return pc.and_(pc.is_valid(a), pc.is_valid(b))
 
 
-def _sim(scorer, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _sim(scorer, a: pa.Array, b: pa.Array) -> np.ndarray:
     """Similarity 0..100 of aligned pairs, NaN where either side is missing."""
-    both = _present(a) & _present(b)
+    both = _both(a, b)
     out = np.full(len(a), np.nan)
-    if both.any():
-        out[both] = cpdist(list(a[both]), list(b[both]), scorer=scorer, workers=-1)
+    sel = np.flatnonzero(both.to_numpy(zero_copy_only=False))
+    if len(sel):
+        out[sel] = cpdist(pc.filter(a, both).to_numpy(zero_copy_only=False),
+                          pc.filter(b, both).to_numpy(zero_copy_only=False), scorer=scorer, workers=-1)
     return out
 
 
-def _eq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _eq(a: pa.Array, b: pa.Array) -> np.ndarray:
     """+1 equal, -1 different, 0 where either side is missing."""
-    both = _present(a) & _present(b)
-    eq = np.zeros(len(a))
-    eq[both] = np.where(a[both] == b[both], 1.0, -1.0)
-    return eq
+    e = pc.equal(a, b)
+    return pc.fill_null(pc.if_else(e, 1.0, -1.0), 0.0).to_numpy(zero_copy_only=False).copy()
 
 
-def _eq_near(a: np.ndarray, b: np.ndarray, near: float = 80) -> np.ndarray:
+def _eq_near(a: pa.Array, b: pa.Array, near: float = 80) -> np.ndarray:
     """Like `_eq`, with 0.5 where the values differ by a keystroke or two (similarity >= near):
     a typo in a tax id or a postal code is weak agreement, not evidence against."""
     eq = _eq(a, b)
-    close = (eq < 0) & (np.nan_to_num(_sim(fuzz.ratio, a, b)) >= near)
-    return np.where(close, 0.5, eq)
+    diff = np.flatnonzero(eq < 0)
+    if len(diff):
+        idx = pa.array(diff, pa.int64())
+        close = cpdist(pc.take(a, idx).to_numpy(zero_copy_only=False), pc.take(b, idx).to_numpy(zero_copy_only=False),
+                       scorer=fuzz.ratio, workers=-1) >= near
+        eq[diff[close]] = 0.5
+    return eq
 
 
 def _bands(s: np.ndarray, bands: list[tuple[float, float]], below: float) -> np.ndarray:
@@ -299,7 +304,8 @@ def score_products(probes: pa.Table, anchors: pa.Table, p: np.ndarray, a: np.nda
     for k in ("gtin", "mpn", "uom", "category", "case_qty"):
         f[k] = _eq(_col(probes, k, p), _col(anchors, k, a))
     f["description"] = _sim(fuzz.token_sort_ratio, _col(probes, "desc_n", p), _col(anchors, "desc_n", a))
-    wp, wa = _col(probes, "weight", p).astype(float), _col(anchors, "weight", a).astype(float)
+    wp = _col(probes, "weight", p).to_numpy(zero_copy_only=False).astype(float)
+    wa = _col(anchors, "weight", a).to_numpy(zero_copy_only=False).astype(float)
     rel = np.abs(wp - wa) / np.maximum(np.abs(wa), 1e-9)
     f["weight"] = np.where(np.isnan(rel), np.nan, np.round(100 * np.clip(1 - rel, 0, 1), 1))
     pts = (np.select([f["gtin"] > 0, f["gtin"] < 0], [10.0, -6.0], 0)

@@ -39,6 +39,9 @@ def report_asset(domains: list[str], writebacks: list[dg.AssetKey]) -> dg.Assets
         all_out = pa.concat_tables(tables) if tables else WRITEBACK_SCHEMA.empty_table()
         summary = report.summarise(context.run_id, dry_run=trueup.is_dry_run(context), read=read,
                                    quarantined=quarantined, outcomes=all_out)
+        summary["matching"] = report.matching_summary(
+            {d: t for d in domains if (t := wh.read("match_exceptions", d)) is not None},
+            {d: t for d in domains if (t := wh.read("review", d)) is not None})
         store = state.store()
         try:
             html_path, headline, figures = report.exception_report(

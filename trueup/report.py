@@ -71,7 +71,34 @@ def render_markdown(summary: dict) -> str:
         for s, kinds in d["discrepancies"].items():
             for kind, n in kinds.items():
                 lines.append(f"- {domain} / {s}: {kind}: {n}")
+    lines += matching_lines(summary.get("matching") or {})
     return "\n".join(lines) + "\n"
+
+
+def matching_summary(exceptions: dict[str, pa.Table], review: dict[str, pa.Table]) -> dict:
+    """Per domain: the match exceptions (broken cross-references, duplicates) with their evidence
+    (field scores, never values) and the number of matches awaiting review."""
+    out = {}
+    for domain in sorted(set(exceptions) | set(review)):
+        exc = exceptions.get(domain)
+        rows = exc.select(["kind", "source_system", "source_key", "claimed_key", "suggested_key", "evidence"]
+                          ).to_pylist() if exc is not None else []
+        out[domain] = {"exceptions": rows, "review": review[domain].num_rows if domain in review else 0}
+    return out
+
+
+def matching_lines(matching: dict) -> list[str]:
+    if not any(m["exceptions"] or m["review"] for m in matching.values()):
+        return []
+    lines = ["", "## Matching: exceptions (held, nothing corrected) and review queue", ""]
+    for domain, m in matching.items():
+        if m["review"]:
+            lines.append(f"- {domain}: {m['review']} match(es) awaiting review (`trueup review list`)")
+        for e in m["exceptions"]:
+            lines.append(f"- {domain} / {e['source_system']} {e['source_key']}: **{e['kind']}**, carries "
+                         f"{e['claimed_key']}" + (f", evidence points at {e['suggested_key']}" if e["suggested_key"] else "")
+                         + f" ({e['evidence']})")
+    return lines
 
 
 def write(summary: dict, reports_dir: Path) -> Path:

@@ -9,6 +9,7 @@ import json
 import shutil
 
 import dagster as dg
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
@@ -92,6 +93,11 @@ def test_nightly_finds_and_fixes_exactly_the_injected_discrepancies_then_converg
             assert not any(u in str(mat.metadata) for u in urls.values())
         assert methods["erp_customer_extract"] == "adbc"
         assert methods["wms_inventory_extract"] == "connectorx"
+    # the demo's broken cross-references and duplicate accounts are reported with evidence, not corrected
+    exc = summary["matching"]["customer"]["exceptions"]
+    held = pd.read_csv(home / "demo" / "match_truth.csv").query("expect == 'held'")
+    assert sorted((e["kind"], e["source_key"]) for e in exc) == sorted(zip(held["kind"], held["key"]))
+    assert "xref_wrong" in report and "evidence points at" in report
 
     second = _run(home, config_dir)
     for domain in ("customer", "product", "price", "inventory"):

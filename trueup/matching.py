@@ -26,7 +26,7 @@ that decided it keeps that decision without being scored again (incremental runs
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
@@ -354,13 +354,6 @@ def _reason_sql(t: pa.Table) -> str:
 
 
 # ------------------------------------------------------------------ resolution
-
-@dataclass
-class _Frames:
-    probes: pa.Table
-    anchors: pa.Table
-    fingerprint: list[str] = field(default_factory=list)
-
 
 def _fingerprint_sql(domain: str) -> str:
     cols = (["gtin", "mpn", "desc_n", "uom", "case_qty", "weight", "category"] if domain == "product" else

@@ -60,14 +60,26 @@ ROLE_CRM = {"sold_to": "Sold To", "ship_to": "Ship To"}
 
 @dataclass
 class Sizes:
+    """How big the landscape is. The defaults are the demo's shape; the benchmark (bench/scale.py)
+    sets the shape knobs to reach a large distributor's proportions."""
+
     sold_tos: int
     skus: int
     contracts: int
+    max_ship_tos: int = 4  # ship-tos per sold-to: uniform 1..max
+    warehouses: int = 3  # stock rows per SKU (SKU x location)
+    regional_lists: int = 0  # extra full price lists (one row per SKU each) beyond LIST-US / LIST-EU
 
     @classmethod
     def for_scale(cls, scale: float) -> "Sizes":
         return cls(sold_tos=max(20, int(300 * scale)), skus=max(20, int(500 * scale)),
                    contracts=max(10, int(200 * scale)))
+
+    @property
+    def warehouse_codes(self) -> list[str]:
+        if self.warehouses == len(WAREHOUSES):
+            return WAREHOUSES
+        return WAREHOUSES + [f"DC-{k:03d}" for k in range(self.warehouses - len(WAREHOUSES))]
 
 
 def _ts(base: datetime, rng: np.random.Generator, n: int, days: int = 300) -> np.ndarray:
@@ -114,9 +126,10 @@ class Truth:
 
 
 def build(root: str | Path, scale: float = 1.0, seed: int = 7, today: date | None = None,
-          drift: float = 0.02, backends: "Backends | None" = None) -> dict:
+          drift: float = 0.02, backends: "Backends | None" = None, sizes: Sizes | None = None) -> dict:
     """Build the landscape under `root` (replacing one that is there); the ERP and the WMS where
-    `backends` says (default: SQLite file and export files under `root`)."""
+    `backends` says (default: SQLite file and export files under `root`). `sizes`, when given,
+    replaces the sizes `scale` implies."""
     backends = backends or Backends()
     root = Path(root)
     if root.exists():
@@ -125,7 +138,7 @@ def build(root: str | Path, scale: float = 1.0, seed: int = 7, today: date | Non
     rng = np.random.default_rng(seed)
     today = today or datetime.now(timezone.utc).date()
     now = datetime.combine(today, datetime.min.time(), timezone.utc)
-    sizes = Sizes.for_scale(scale)
+    sizes = sizes or Sizes.for_scale(scale)
     truth = Truth()
 
     def n_of(pool: int, share: float = drift) -> int:
@@ -133,7 +146,7 @@ def build(root: str | Path, scale: float = 1.0, seed: int = 7, today: date | Non
 
     # ------------------------------------------------------------------ customers (the truth)
     ns = sizes.sold_tos
-    n_ship = rng.integers(1, 5, ns)
+    n_ship = rng.integers(1, sizes.max_ship_tos + 1, ns)
     nsh = int(n_ship.sum())
     n_bill = max(2, ns // 20)
     country = rng.choice(list(COUNTRIES), ns, p=[0.7, 0.15, 0.15])
@@ -214,6 +227,10 @@ def build(root: str | Path, scale: float = 1.0, seed: int = 7, today: date | Non
     brk = rng.random(nk) < 0.2
     lists.append(pd.DataFrame({"price_list": "LIST-US", "sku": prod["sku"][brk], "uom": "EA", "currency": "USD",
                                "price": np.round(base_price[brk] * 0.9, 2), "min_qty": 10}))
+    for k in range(sizes.regional_lists):
+        lists.append(pd.DataFrame({"price_list": f"LIST-R{k:02d}", "sku": prod["sku"], "uom": "EA",
+                                   "currency": "USD", "price": np.round(base_price * (0.95 + 0.002 * k), 2),
+                                   "min_qty": 1}))
     nct = sizes.contracts
     cs = rng.choice(ns, nct)
     ck = rng.choice(nk, nct)
@@ -235,8 +252,9 @@ def build(root: str | Path, scale: float = 1.0, seed: int = 7, today: date | Non
     price["crm_active"] = ~expired  # the CRM already retired most expired contracts
 
     # ------------------------------------------------------------------ inventory (the truth)
-    inv = pd.DataFrame({"sku": np.repeat(prod["sku"].to_numpy(), len(WAREHOUSES)),
-                        "location": np.tile(WAREHOUSES, nk)})
+    houses = sizes.warehouse_codes
+    inv = pd.DataFrame({"sku": np.repeat(prod["sku"].to_numpy(), len(houses)),
+                        "location": np.tile(houses, nk)})
     ni = len(inv)
     inv["on_hand"] = rng.integers(0, 5000, ni)
     inv["allocated"] = (inv["on_hand"] * rng.uniform(0, 0.5, ni)).astype(int)
@@ -401,23 +419,29 @@ CREATE VIEW erp_stock_position AS
 """
 
 
+def _rows(*cols) -> zip:
+    """Rows for executemany from columns, each turned into a Python list first (iterating a
+    pandas Arrow-backed column value by value is two orders of magnitude slower)."""
+    return zip(*[c.tolist() if hasattr(c, "tolist") else list(c) for c in cols])
+
+
 def _write_erp(path: Path, c: pd.DataFrame, p: pd.DataFrame, pr: pd.DataFrame, i: pd.DataFrame) -> None:
     with closing(sqlite3.connect(path)) as db:
         db.executescript(ERP_DDL)
-        db.executemany("INSERT INTO erp_customer VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", zip(
+        db.executemany("INSERT INTO erp_customer VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", _rows(
             c["erp"], c["role"].map(ROLE_ERP), c["parent"], c["name"], c["tax_id"], c["street"], c["street2"],
             c["city"], c["region"], c["postal"], c["country"], c["email"], c["phone"],
             c["credit_status"].map(lambda v: CREDIT[v][0]), c["credit_limit"], c["terms"].map(lambda v: TERMS[v][0]),
             c["currency"], c["company"], [1] * len(c), c["updated_at"]))
-        db.executemany("INSERT INTO erp_item VALUES (?,?,?,?,?,?,?,?,?,?,?)", zip(
+        db.executemany("INSERT INTO erp_item VALUES (?,?,?,?,?,?,?,?,?,?,?)", _rows(
             p["sku"], p["gtin"], p["mpn"], p["description"], ["EA"] * len(p), p["case_qty"].astype(int).tolist(),
             p["pallet_qty"].astype(int).tolist(), [f"{w:.3f}" for w in p["weight"]],
             p["status"].map({"active": "A", "discontinued": "D"}), p["category"], p["updated_at"]))
-        db.executemany("INSERT INTO erp_price VALUES (?,?,?,?,?,?,?,?,?,?,?)", zip(
+        db.executemany("INSERT INTO erp_price VALUES (?,?,?,?,?,?,?,?,?,?,?)", _rows(
             pr["price_list"], pr["sku"], pr["uom"], pr["min_qty"].astype(int).tolist(), pr["currency"],
             [f"{v:.4f}" for v in pr["price"]], pr["valid_from"], pr["valid_to"], pr["promo"].astype(int).tolist(),
             [1] * len(pr), pr["updated_at"]))
-        db.executemany("INSERT INTO erp_stock VALUES (?,?,?,?,?)", zip(
+        db.executemany("INSERT INTO erp_stock VALUES (?,?,?,?,?)", _rows(
             i["sku"], i["location"], i["on_hand"].astype(int).tolist(), i["allocated"].astype(int).tolist(),
             i["updated_at"]))
         db.commit()
@@ -433,19 +457,19 @@ def _write_crm(path: Path, c: pd.DataFrame, p: pd.DataFrame, pr: pd.DataFrame, c
     init_db(path)
     iso = lambda s: s.str.replace(" ", "T") + "Z"  # noqa: E731
     with closing(sqlite3.connect(path)) as db:
-        db.executemany("INSERT INTO accounts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", zip(
+        db.executemany("INSERT INTO accounts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", _rows(
             c["crm_id"], c["erp"], c["name"], c["role"].map(ROLE_CRM),
             [crm_of.get(x) if x else None for x in c["parent"]], c["street"], c["street2"], c["city"],
             c["region"].str.lower(), c["postal"], c["country"].map(lambda k: COUNTRIES[k][0]), c["email"],
             [_crm_phone(k, n) for k, n in zip(c["country"], c["phone_national"])],
             c["credit_status"].map(lambda v: CREDIT[v][1]), c["terms"].map(lambda v: TERMS[v][1]),
             ["true"] * len(c), ["false"] * len(c), iso(c["updated_at"])))
-        db.executemany("INSERT INTO products VALUES (?,?,?,?,?,?,?,?)", zip(
+        db.executemany("INSERT INTO products VALUES (?,?,?,?,?,?,?,?)", _rows(
             p["crm_id"], p["sku"], p["description"], p.get("uom", pd.Series("EA", p.index)).fillna("EA").map(
                 {"EA": "Each", "CS": "Case"}),
             p["status"].map({"active": "Active", "discontinued": "Inactive"}), p["category"],
             ["false"] * len(p), iso(p["updated_at"])))
-        db.executemany("INSERT INTO pricebook VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", zip(
+        db.executemany("INSERT INTO pricebook VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", _rows(
             pr["crm_id"], pr["price_list"], pr["sku"], pr["uom"].map({"EA": "Each", "CS": "Case"}), pr["currency"],
             [f"{v:.4f}".rstrip("0").rstrip(".") for v in pr["price"]], pr["min_qty"].astype(str),
             pr["valid_from"], pr["valid_to"], pr["crm_active"].map({True: "true", False: "false"}),
@@ -455,7 +479,8 @@ def _write_crm(path: Path, c: pd.DataFrame, p: pd.DataFrame, pr: pd.DataFrame, c
 
 def _write_wms(root: Path, c: pd.DataFrame, p: pd.DataFrame, i: pd.DataFrame, now: datetime) -> None:
     wms = WmsSandbox(root)
-    s = lambda x: pa.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in x], pa.string())  # noqa: E731
+    s = lambda x: pa.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+                                for v in (x.tolist() if hasattr(x, "tolist") else x)], pa.string())  # noqa: E731
     wms.save("ship_to", pa.table({
         "ship_to_code": s(c["erp"]), "name": s(c["name"]), "address1": s(c["street"]),
         "address2": s(c["street2"]), "city": s(c["city"]), "state": s(c["region"]), "postal": s(c["postal"]),

@@ -52,6 +52,13 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # ------------------------------------------------------------------ measuring
 
 
+def _cpu() -> float:
+    """CPU seconds of this process, every thread (DuckDB's and Arrow's included): on a shared
+    machine wall time mostly measures the neighbours, CPU time measures the work."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 class Meter:
     """Wall time, rows and sampled peak RSS per stage."""
 
@@ -79,12 +86,14 @@ class Meter:
     def stage(self, name: str, rows: int | None = None):
         self._peak = self.rss()
         t = time.perf_counter()
+        cpu = _cpu()
         box = {"rows": rows or 0}
         try:
             yield box
         finally:
-            s = self.stages.setdefault(name, {"seconds": 0.0, "rows": 0, "peak_rss_mb": 0.0})
+            s = self.stages.setdefault(name, {"seconds": 0.0, "cpu_s": 0.0, "rows": 0, "peak_rss_mb": 0.0})
             s["seconds"] += time.perf_counter() - t
+            s["cpu_s"] += _cpu() - cpu
             s["rows"] += box["rows"]
             s["peak_rss_mb"] = max(s["peak_rss_mb"], max(self._peak, self.rss()) / 2**20)
             if os.environ.get("BENCH_VERBOSE"):
@@ -94,6 +103,7 @@ class Meter:
         self._stop = True
         for s in self.stages.values():
             s["seconds"] = round(s["seconds"], 3)
+            s["cpu_s"] = round(s["cpu_s"], 3)
             s["rows_per_s"] = round(s["rows"] / s["seconds"]) if s["seconds"] else None
             s["peak_rss_mb"] = round(s["peak_rss_mb"])
         return {"stages": self.stages,
@@ -415,14 +425,15 @@ def _child(kind: str, size: str, crm_rest_limit: int) -> dict:
 
 def _fmt_table(results: dict) -> str:
     sizes = list(results)
-    head = "| stage | " + " | ".join(f"{s} s | {s} rows/s | {s} peak MiB" for s in sizes) + " |"
-    lines = [head, "|---|" + "---:|" * (3 * len(sizes))]
+    head = "| stage | " + " | ".join(f"{s} wall s | {s} CPU s | {s} rows/s | {s} peak MiB" for s in sizes) + " |"
+    lines = [head, "|---|" + "---:|" * (4 * len(sizes))]
 
     def row(label, get):
         cells = []
         for s in sizes:
             st = get(results[s])
             cells += ["" if st is None else f"{st['seconds']:.2f}",
+                      "" if st is None else f"{st.get('cpu_s', 0):.2f}",
                       "" if st is None or not st.get("rows_per_s") else f"{st['rows_per_s']:,}",
                       "" if st is None else f"{st['peak_rss_mb']:,}"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -434,12 +445,16 @@ def _fmt_table(results: dict) -> str:
     row("trueup ERP extract", lambda r: r["trueup"]["stages"]["extract_erp"])
     row("pandas.read_sql ERP (baseline)", lambda r: r["pandas"]["stages"]["read_sql"])
     lines.append("")
-    for label, key in [("total trueup run (s)", "total_s"), ("process peak RSS (MiB)", "process_peak_rss_mb")]:
+    for label, key in [("total trueup run, wall s", "total_s"), ("process peak RSS (MiB)", "process_peak_rss_mb")]:
         lines.append(f"- {label}: " + ", ".join(f"{s} {results[s]['trueup'][key]}" for s in sizes))
     lines.append("- pandas baseline process peak RSS (MiB): "
                  + ", ".join(f"{s} {results[s]['pandas']['process_peak_rss_mb']}" for s in sizes))
-    lines.append("- reconcile speed-up vs pandas (x): " + ", ".join(f"{s} {results[s]['ratio_reconcile']}" for s in sizes))
-    lines.append("- ERP extract time / read_sql time: " + ", ".join(f"{s} {results[s]['ratio_extract']}" for s in sizes))
+    lines.append("- pandas reconcile / trueup reconcile (x, >1 = trueup faster), wall | CPU: " + ", ".join(
+        f"{s} {results[s]['ratio_reconcile']} | {results[s]['ratio_reconcile_cpu']}" for s in sizes))
+    lines.append("- trueup ERP extract / read_sql (x, <1 = trueup faster), wall | CPU: " + ", ".join(
+        f"{s} {results[s]['ratio_extract']} | {results[s]['ratio_extract_cpu']}" for s in sizes))
+    lines.append("- load average (1 min) before each size: " + ", ".join(
+        f"{s} {results[s]['load_avg_1m_before']:.1f}" for s in sizes))
     lines.append("- plan rows (trueup) vs diff rows (pandas): " + ", ".join(
         f"{s} {sum(results[s]['trueup']['plan_rows'].values())} / {sum(results[s]['pandas']['diff_rows'].values())}"
         for s in sizes))
@@ -451,12 +466,28 @@ def _fmt_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _combine(size: str, tr: dict, pd_: dict, load: float) -> dict:
+    rec = {k: round(sum(tr["stages"][st].get(k, 0) for st in RECONCILE), 3) for k in ("seconds", "cpu_s")}
+    rec["rows"] = tr["stages"]["stage"]["rows"]
+    rec["rows_per_s"] = round(rec["rows"] / rec["seconds"]) if rec["seconds"] else None
+    rec["peak_rss_mb"] = max(tr["stages"][st]["peak_rss_mb"] for st in RECONCILE)
+    pr, ps = pd_["stages"]["reconcile"], pd_["stages"]["read_sql"]
+    te = tr["stages"]["extract_erp"]
+    return {"trueup": tr, "pandas": pd_, "reconcile_trueup": rec, "load_avg_1m_before": load,
+            "ratio_reconcile": round(pr["seconds"] / rec["seconds"], 2),
+            "ratio_reconcile_cpu": round(pr.get("cpu_s", 0) / rec["cpu_s"], 2) if rec["cpu_s"] else None,
+            "ratio_extract": round(te["seconds"] / ps["seconds"], 2),
+            "ratio_extract_cpu": round(te.get("cpu_s", 0) / ps["cpu_s"], 2) if ps.get("cpu_s") else None,
+            "landscape": json.loads((landscape(size) / "landscape.json").read_text())["sizes"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="small,medium,large")
     ap.add_argument("--crm-rest-limit", type=int, default=1_000_000,
                     help="above this many CRM records, read the CRM's store instead of its REST API")
     ap.add_argument("--child", choices=["trueup", "pandas"])
+    ap.add_argument("--table-only", action="store_true", help="re-print the table from the children's JSON")
     args = ap.parse_args()
     sizes = args.sizes.split(",")
     if args.child:
@@ -467,20 +498,15 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     results = {}
     for size in sizes:
+        if args.table_only:
+            results[size] = _combine(size, json.loads((OUT / f"scale_{size}_trueup.json").read_text()),
+                                     json.loads((OUT / f"scale_{size}_pandas.json").read_text()), float("nan"))
+            continue
         landscape(size)
         load = os.getloadavg()[0]
         tr = _child("trueup", size, args.crm_rest_limit)
         pd_ = _child("pandas", size, args.crm_rest_limit)
-        rec = {k: sum(tr["stages"][st][k] for st in RECONCILE) for k in ("seconds",)}
-        rec["rows"] = tr["stages"]["stage"]["rows"]
-        rec["rows_per_s"] = round(rec["rows"] / rec["seconds"]) if rec["seconds"] else None
-        rec["peak_rss_mb"] = max(tr["stages"][st]["peak_rss_mb"] for st in RECONCILE)
-        rec["seconds"] = round(rec["seconds"], 3)
-        results[size] = {"trueup": tr, "pandas": pd_, "reconcile_trueup": rec, "load_avg_1m_before": load,
-                         "ratio_reconcile": round(pd_["stages"]["reconcile"]["seconds"] / rec["seconds"], 2),
-                         "ratio_extract": round(tr["stages"]["extract_erp"]["seconds"]
-                                                / pd_["stages"]["read_sql"]["seconds"], 2),
-                         "landscape": json.loads((landscape(size) / "landscape.json").read_text())["sizes"]}
+        results[size] = _combine(size, tr, pd_, load)
         print(f"{size}: trueup {tr['total_s']} s, reconcile x{results[size]['ratio_reconcile']} vs pandas, "
               f"load {load:.1f}", flush=True)
     (OUT / "scale.json").write_text(json.dumps({"date": date.today().isoformat(), "cores": os.cpu_count(),

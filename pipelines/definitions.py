@@ -61,8 +61,25 @@ def system_resources(home: Path, config: Config, **sandbox_kw) -> dict[str, dg.C
     return res
 
 
+def executor(name: str | None = None) -> dg.ExecutorDefinition:
+    """The nightly job's executor, by name (env `TRUEUP_EXECUTOR`): `in_process` (default: one
+    process, no per-step start-up), `multiprocess` (a process per step, every core), `celery`
+    (steps as Celery tasks on workers anywhere; broker and backend from the run config's
+    `execution.config`, see docs/scaling.md)."""
+    name = name or os.environ.get("TRUEUP_EXECUTOR", "in_process")
+    if name == "in_process":
+        return dg.in_process_executor
+    if name == "multiprocess":
+        return dg.multiprocess_executor
+    if name == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor
+    raise ValueError(f"TRUEUP_EXECUTOR: unknown executor {name!r} (in_process, multiprocess, celery)")
+
+
 def build_definitions(home: str | Path | None = None, config_dir: str | Path | None = None,
-                      **sandbox_kw) -> dg.Definitions:
+                      executor_name: str | None = None, **sandbox_kw) -> dg.Definitions:
     home = Path(home or os.environ.get("TRUEUP_HOME", ".trueup")).resolve()
     config_dir = Path(config_dir or os.environ.get("TRUEUP_CONFIG_DIR", REPO_CONFIG))
     config = Config.load(config_dir)
@@ -83,7 +100,7 @@ def build_definitions(home: str | Path | None = None, config_dir: str | Path | N
         "nightly_reconciliation",
         selection=dg.AssetSelection.all(),
         description="The nightly full true-up: every domain, every system, corrections written back.",
-        executor_def=dg.in_process_executor,
+        executor_def=executor(executor_name),
         tags={"trueup/mode": "full"},
     )
     schedule = dg.ScheduleDefinition(
@@ -101,6 +118,12 @@ def build_definitions(home: str | Path | None = None, config_dir: str | Path | N
     }
     return dg.Definitions(assets=assets, asset_checks=freshness_checks(config), jobs=[nightly],
                           schedules=[schedule], resources=resources)
+
+
+def nightly_job() -> dg.JobDefinition:
+    """The nightly job, rebuilt from the environment: what `dg.reconstructable` points at so a
+    step can run in another process or on another machine (multiprocess, Celery workers)."""
+    return build_definitions().resolve_job_def("nightly_reconciliation")
 
 
 defs = build_definitions()

@@ -258,12 +258,15 @@ class StateStore:
             c.execute(sa.insert(watermark_pending).values(run_id=run_id, system=system, entity=entity,
                                                           high_water=high_water))
 
-    def advance_watermarks(self, run_id: str) -> list[dict]:
+    def advance_watermarks(self, run_id: str, *, apply: bool = True) -> list[dict]:
         """Move every watermark this run staged forward (never back), in one transaction; the
-        run's final step calls this once its write-backs succeeded. Returns what moved."""
+        run's final step calls this once its write-backs succeeded. With `apply=False` (a
+        dry-run) the staged values are dropped instead. Returns what moved."""
         moved = []
         with self.engine.begin() as c:
             pending = c.execute(sa.select(watermark_pending).where(watermark_pending.c.run_id == run_id)).fetchall()
+            if not apply:
+                pending = []
             for p in pending:
                 hw = _utc(p.high_water)
                 cur = _utc(c.execute(sa.select(watermarks.c.high_water).where(

@@ -87,3 +87,30 @@ def test_the_servers_profile_differs_from_the_default_only_in_the_wms():
     for entity, em in d["wms"].entities.items():
         assert s["wms"].entities[entity].fields == em.fields
         assert s["wms"].entities[entity].key == em.key
+
+
+def test_incremental_job_schedule_off_by_default_and_drop_sensor(home):
+    from sandbox.wms import WmsSandbox
+
+    defs = build_definitions(home=home)
+    job = defs.resolve_job_def("incremental_sync")
+    assert job.partitions_def is not None
+    schedule = defs.resolve_schedule_def("incremental_sync_schedule")
+    assert schedule.job_name == "incremental_sync" and schedule.cron_schedule == "0 * * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    sensor = defs.resolve_sensor_def("wms_drop_sensor")
+    repo = defs.get_repository_def()
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    # the nightly job leaves the sync group alone
+    nightly = {k.to_user_string() for k in defs.resolve_job_def("nightly_reconciliation").asset_layer.selected_asset_keys}
+    assert "customer_sync_plan" not in nightly and "nightly_watermarks" in nightly
+
+    first = sensor.evaluate_tick(dg.build_sensor_context(cursor=None, repository_def=repo))
+    assert len(first.run_requests) == 1
+    req = first.run_requests[0]
+    assert req.tags["trueup/window"] == "watermark" and req.partition_key
+    again = sensor.evaluate_tick(dg.build_sensor_context(cursor=first.cursor, repository_def=repo))
+    assert not again.run_requests
+    WmsSandbox(home / "demo" / "wms").export()  # a new drop arrives
+    third = sensor.evaluate_tick(dg.build_sensor_context(cursor=first.cursor, repository_def=repo))
+    assert len(third.run_requests) == 1 and third.cursor != first.cursor

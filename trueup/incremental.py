@@ -26,7 +26,7 @@ from trueup import reconcile, steps
 from trueup.config import Config
 from trueup.duck import connect, fetch
 from trueup.mapping import ISSUE_SCHEMA
-from trueup.model import DOMAINS
+from trueup.model import DOMAINS, PLAN_SCHEMA
 
 PARTITION = "partition_key"  # the day (YYYY-MM-DD, UTC) a row belongs to
 # what depends on what: a changed price brings its product (the product's match key is the SKU)
@@ -125,6 +125,12 @@ def sync_plan(domain: str, changes: pa.Table, clients: dict, config: Config, cro
                          f"incremental syncs (it assigns the golden ids they build on)")
     as_of = as_of or datetime.now(timezone.utc).date()
     d = DOMAINS[domain]
+    if changes.num_rows == 0 and (depends is None or depends.num_rows == 0):  # nothing touched
+        empty = PLAN_SCHEMA.append(pa.field(PARTITION, pa.string())).empty_table()
+        return SyncResult(empty, d.schema.empty_table(), crosswalk, ISSUE_SCHEMA.empty_table(),
+                          d.schema.empty_table(), {"changed_rows": 0, "golden_records_touched": 0,
+                                                   "counterparts_read": {}, "records_reconciled": 0,
+                                                   "changes_planned": 0})
     con = connect()
     con.register("changes", changes)
     con.register("crosswalk", crosswalk)

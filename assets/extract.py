@@ -12,6 +12,7 @@ from checks.schema import check as check_schema
 from resources.project import TrueupSettings
 from resources.state import StateStoreResource
 from trueup.freshness import data_as_of
+from trueup.incremental import high_water
 
 KIND_TAG = {"sql": "sql", "rest": "api", "files": "csv"}
 
@@ -36,6 +37,10 @@ def extract_asset(system: str, domain: str, kind: str) -> dg.AssetsDefinition:
         as_of = data_as_of(client, domain, extracted_at)
         state: StateStoreResource = context.resources.state
         state.store().record_extract(context.run_id, system, domain, table.num_rows, as_of, extracted_at)
+        # what this read saw becomes the incremental watermark once the run's write-backs succeed
+        updated_at = trueup.config.systems.entity(system, domain).updated_at
+        context.resources.state.store().stage_watermark(
+            context.run_id, system, domain, high_water(client, domain, table, updated_at))
         drift = check_schema(system, domain, table, trueup.config.systems.entity(system, domain),
                              trueup.warehouse.root / "state" / "schemas")
         if not drift.passed:

@@ -69,11 +69,13 @@ def domain_assets(domain: str, systems: list[str], config) -> list[dg.AssetsDefi
         all_issues = pa.concat_tables(issues)
         state.store().record_quarantine(context.run_id, all_issues)
         trueup.warehouse.write(all_issues, "quarantine", domain)
+        # records their system deleted: never reconciled as alive, their counterparts deactivated
+        trueup.warehouse.write(result.tombstones, "state", "tombstones", domain)
         held_keys = pc.count_distinct(all_issues.filter(pc.equal(all_issues.column("severity"), "error"))
                                       .column("source_key")).as_py() if all_issues.num_rows else 0
         yield dg.Output(result.table, metadata={
             "rows": result.table.num_rows, "quarantined_rows": held_keys,
-            **{f"rows_{s}": raw[s].num_rows for s in raw},
+            **{f"rows_{s}": raw[s].num_rows for s in raw}, "tombstones": result.tombstones.num_rows,
             **({"unreadable": json.dumps(unreadable)} if unreadable else {})})
         for contract, found in checks:
             errors = found.filter(pc.equal(found.column("severity"), "error")) if found.num_rows else found
@@ -125,7 +127,7 @@ def domain_assets(domain: str, systems: list[str], config) -> list[dg.AssetsDefi
         from checks.gates import evaluate
 
         cfg = trueup.config
-        out = reconcile.build_plan(domain, matched, golden, cfg)
+        out = reconcile.build_plan(domain, matched, golden, cfg, trueup.warehouse.read("state", "tombstones", domain))
         wb = cfg.settings.write_back
         allow = {s.strip() for s in context.run.tags.get("trueup/allow_large_plan", "").split(",") if s.strip()}
         required = {s: cfg.systems.entity(s, domain).required for s in cfg.systems.systems_with(domain)}

@@ -3,6 +3,8 @@ demo, and score a run against the demo's ground truth.
 
     trueup run                 build the demo if absent, run the nightly job, print the summary
     trueup run --dry-run       plan and report, write nothing
+    trueup sync [--dry-run]    incremental: only the records changed since the watermarks
+    trueup backfill --from 2026-11-01 --to 2026-11-03   re-reconcile what changed on those days (one run)
     trueup demo build [--scale 10]     the ERP (and a `kind: sql` WMS) go to TRUEUP_ERP_URL /
                                TRUEUP_WMS_URL when set, e.g. with TRUEUP_CONFIG_DIR=config/profiles/servers
     trueup score [--run RUN_ID]
@@ -55,23 +57,32 @@ def _ensure_demo(home: Path, scale: float, rebuild: bool, seed: int = 7) -> None
               f"{info['discrepancies']} injected discrepancies -> {demo}")
 
 
-def cmd_run(args) -> int:
-    home = _home(args)
-    os.environ.setdefault("DAGSTER_HOME", str(home / "dagster"))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    if not os.environ.get("TRUEUP_ERP_URL"):  # the demo, unless real systems are configured
-        _ensure_demo(home, args.scale, args.rebuild)
-
+def _execute(home: Path, job_name: str, tags: dict, partition_key: str | None = None):
     import dagster as dg
 
     from pipelines.definitions import build_definitions
 
-    defs = build_definitions(home=home)
-    job = defs.resolve_job_def("nightly_reconciliation")
-    tags = {"trueup/dry_run": "true"} if args.dry_run else {}
+    os.environ.setdefault("DAGSTER_HOME", str(home / "dagster"))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    job = build_definitions(home=home).resolve_job_def(job_name)
     t = time.perf_counter()
-    result = job.execute_in_process(instance=dg.DagsterInstance.get(), tags=tags, raise_on_error=False)
-    elapsed = time.perf_counter() - t
+    result = job.execute_in_process(instance=dg.DagsterInstance.get(), tags=tags, partition_key=partition_key,
+                                    raise_on_error=False)
+    return result, time.perf_counter() - t
+
+
+def _print_failures(result) -> None:
+    for ev in result.all_events:
+        if ev.is_step_failure:
+            print(f"FAILED step {ev.step_key}: {ev.event_specific_data.error.message.strip()[:500]}", file=sys.stderr)
+
+
+def cmd_run(args) -> int:
+    home = _home(args)
+    if not os.environ.get("TRUEUP_ERP_URL"):  # the demo, unless real systems are configured
+        _ensure_demo(home, args.scale, args.rebuild)
+    tags = {"trueup/dry_run": "true"} if args.dry_run else {}
+    result, elapsed = _execute(home, "nightly_reconciliation", tags)
     summary = None
     try:
         summary = result.output_for_node("reconciliation_report")
@@ -84,11 +95,57 @@ def cmd_run(args) -> int:
         print(f"report: {summary['report_path']}")
         if summary.get("markdown_path"):
             print(f"markdown: {summary['markdown_path']}")
-    for ev in result.all_events:
-        if ev.is_step_failure:
-            print(f"FAILED step {ev.step_key}: {ev.event_specific_data.error.message.strip()[:500]}", file=sys.stderr)
+    _print_failures(result)
     print(f"run {result.run_id} {'succeeded' if result.success else 'FAILED'} in {elapsed:.1f}s")
     return 0 if result.success else 1
+
+
+def _sync_summary(result, elapsed: float) -> int:
+    import pyarrow as pa
+
+    _print_failures(result)
+    counts: dict[tuple, int] = {}
+    for node in result.job_def.graph.nodes:
+        name = node.name
+        if not name.endswith("_sync_writeback"):
+            continue
+        try:
+            out = result.output_for_node(name)
+        except Exception:  # the step failed or did not run
+            continue
+        if isinstance(out, pa.Table):
+            for row in out.group_by(["target_system", "status"]).aggregate([("change_id", "count")]).to_pylist():
+                key = (name.removesuffix("_sync_writeback"), row["status"])
+                counts[key] = counts.get(key, 0) + row["change_id_count"]
+    for (what, status), n in sorted(counts.items()):
+        print(f"{what:<20} {status:<16} {n}")
+    print(f"run {result.run_id} {'succeeded' if result.success else 'FAILED'} in {elapsed:.1f}s")
+    return 0 if result.success else 1
+
+
+def cmd_sync(args) -> int:
+    """The incremental sync now: what changed since the watermarks (today's partition)."""
+    from datetime import datetime, timezone
+
+    from assets.sync import WINDOW_TAG
+
+    tags = {WINDOW_TAG: "watermark", **({"trueup/dry_run": "true"} if args.dry_run else {})}
+    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    return _sync_summary(*_execute(_home(args), "incremental_sync", tags, partition_key=day))
+
+
+def cmd_backfill(args) -> int:
+    """Re-reconcile the records changed on the days FROM..TO (inclusive), in one run."""
+    from datetime import date
+
+    start, end = date.fromisoformat(args.start), date.fromisoformat(args.end)
+    if end < start:
+        print("--to is before --from", file=sys.stderr)
+        return 2
+    tags = {"dagster/asset_partition_range_start": start.isoformat(),
+            "dagster/asset_partition_range_end": end.isoformat(),
+            **({"trueup/dry_run": "true"} if args.dry_run else {})}
+    return _sync_summary(*_execute(_home(args), "incremental_sync", tags))
 
 
 def cmd_demo_build(args) -> int:
@@ -96,6 +153,15 @@ def cmd_demo_build(args) -> int:
     if args.if_absent and (home / "demo" / "landscape.json").exists():
         return 0
     _ensure_demo(home, args.scale, rebuild=True, seed=args.seed)
+    return 0
+
+
+def cmd_demo_day(args) -> int:
+    from sandbox.changes import simulate_day
+
+    gt = simulate_day(_home(args) / "demo", share=args.share, seed=args.seed)
+    print(f"{len(gt)} discrepancies caused by the day's edits:")
+    print(gt.groupby(["kind", "system"]).size().to_string())
     return 0
 
 
@@ -155,7 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--scale", type=float, default=1.0, help="demo size (1 = default, 10 = ten times)")
     r.add_argument("--rebuild", action="store_true", help="rebuild the demo landscape first")
     r.set_defaults(fn=cmd_run)
+    y = sub.add_parser("sync", help="incremental sync: only what changed since the watermarks")
+    y.add_argument("--dry-run", action="store_true", help="plan and report, write nothing, move no watermark")
+    y.set_defaults(fn=cmd_sync)
+    f = sub.add_parser("backfill", help="re-reconcile what changed on a range of days, in one run")
+    f.add_argument("--from", dest="start", required=True, help="first day, YYYY-MM-DD (UTC)")
+    f.add_argument("--to", dest="end", required=True, help="last day, YYYY-MM-DD (UTC), inclusive")
+    f.add_argument("--dry-run", action="store_true", help="plan and report, write nothing")
+    f.set_defaults(fn=cmd_backfill)
     d = sub.add_parser("demo", help="the demo landscape").add_subparsers(dest="demo_cmd", required=True)
+    a = d.add_parser("day", help="simulate a day of edits in the demo systems (ground truth: changes_<time>.csv)")
+    a.add_argument("--share", type=float, default=0.01, help="share of each domain's records edited")
+    a.add_argument("--seed", type=int, default=1)
+    a.set_defaults(fn=cmd_demo_day)
     b = d.add_parser("build", help="build (or rebuild) the demo landscape")
     b.add_argument("--scale", type=float, default=1.0)
     b.add_argument("--seed", type=int, default=7)

@@ -13,6 +13,7 @@ Where things are comes from the environment, read here (never at engine import):
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -21,6 +22,10 @@ from assets.extract import extract_asset
 from assets.reconcile import domain_assets, writeback_asset, writeback_targets
 from assets.report import report_asset
 from checks.freshness import freshness_checks
+from assets.sync import (
+    WINDOW_TAG, changes_asset, nightly_watermarks_asset, sync_partitions, sync_plan_asset, sync_watermarks_asset,
+    sync_writeback_asset,
+)
 from resources import (
     CrmSandboxResource, FileDropResource, RestSystemResource, SqlSystemResource, StateStoreResource,
     TrueupSettings, WarehouseIOManager, WmsSandboxResource,
@@ -95,10 +100,23 @@ def build_definitions(home: str | Path | None = None, config_dir: str | Path | N
             assets.append(wb)
             writebacks.append(wb.key)
     assets.append(report_asset(DOMAINS, writebacks))
+    assets.append(nightly_watermarks_asset())
+
+    # incremental sync: the same engine over what changed, partitioned by day
+    partitions = sync_partitions(config)
+    sync_writebacks: list[dg.AssetKey] = []
+    for domain in DOMAINS:
+        systems = config.systems.systems_with(domain)
+        assets += [changes_asset(domain, systems, partitions), sync_plan_asset(domain, systems, partitions)]
+        for target in writeback_targets(domain, config):
+            wb = sync_writeback_asset(domain, target, partitions)
+            assets.append(wb)
+            sync_writebacks.append(wb.key)
+    assets.append(sync_watermarks_asset(sync_writebacks, partitions))
 
     nightly = dg.define_asset_job(
         "nightly_reconciliation",
-        selection=dg.AssetSelection.all(),
+        selection=dg.AssetSelection.all() - dg.AssetSelection.groups("sync"),
         description="The nightly full true-up: every domain, every system, corrections written back.",
         executor_def=executor(executor_name),
         tags={"trueup/mode": "full"},
@@ -110,14 +128,49 @@ def build_definitions(home: str | Path | None = None, config_dir: str | Path | N
         execution_timezone=config.settings.schedule.timezone,
         default_status=dg.DefaultScheduleStatus.RUNNING,
     )
+    incremental = dg.define_asset_job(
+        "incremental_sync",
+        selection=dg.AssetSelection.groups("sync"),
+        partitions_def=partitions,
+        description="Reconcile only the records changed since the watermarks (tag trueup/window=watermark), "
+                    "or, as a backfill, those changed on the selected days. The nightly run stays the safety net.",
+        executor_def=dg.in_process_executor,
+        tags={"trueup/mode": "incremental"},
+    )
+
+    @dg.schedule(name="incremental_sync_schedule", job=incremental, cron_schedule=config.settings.sync.incremental_cron,
+                 execution_timezone=config.settings.schedule.timezone, default_status=dg.DefaultScheduleStatus.STOPPED)
+    def incremental_sync_schedule(context: dg.ScheduleEvaluationContext):
+        day = context.scheduled_execution_time.astimezone(timezone.utc).strftime("%Y-%m-%d")
+        return dg.RunRequest(partition_key=day, tags={WINDOW_TAG: "watermark"})
+
+    sys_res = system_resources(home, config, **sandbox_kw)
+    drop_dirs = {n: r.root for n, r in sys_res.items() if isinstance(r, FileDropResource)}
+
+    @dg.sensor(name="wms_drop_sensor", job=incremental, minimum_interval_seconds=60,
+               default_status=dg.DefaultSensorStatus.STOPPED,
+               description="Starts incremental_sync when a file-drop system exports a new complete drop.")
+    def wms_drop_sensor(context: dg.SensorEvaluationContext):
+        from trueup.systems.files import FileSystem
+
+        newest = max((d.name for n, root in drop_dirs.items()
+                      for d in FileSystem(n, root, config.systems.systems[n]).drops()), default=None)
+        if newest is None or newest == context.cursor:
+            return dg.SkipReason("no new drop")
+        context.update_cursor(newest)
+        day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        return dg.RunRequest(run_key=f"drop-{newest}", partition_key=day,
+                             tags={WINDOW_TAG: "watermark", "trueup/trigger": f"drop {newest}"})
+
     resources = {
         "trueup": TrueupSettings(config_dir=str(config_dir), home=str(home)),
         "state": StateStoreResource(url=_secret_or("TRUEUP_STATE_URL", f"sqlite:///{home / 'state.db'}")),
         "io_manager": WarehouseIOManager(root=str(home / "warehouse")),
-        **system_resources(home, config, **sandbox_kw),
+        **sys_res,
     }
-    return dg.Definitions(assets=assets, asset_checks=freshness_checks(config), jobs=[nightly],
-                          schedules=[schedule], resources=resources)
+    return dg.Definitions(assets=assets, asset_checks=freshness_checks(config), jobs=[nightly, incremental],
+                          schedules=[schedule, incremental_sync_schedule], sensors=[wms_drop_sensor],
+                          resources=resources)
 
 
 def nightly_job() -> dg.JobDefinition:

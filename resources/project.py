@@ -45,6 +45,9 @@ class TrueupSettings(dg.ConfigurableResource):
         return self.dry_run or context.run.tags.get("trueup/dry_run", "false").lower() == "true"
 
 
+PARTITION_COLUMN = "partition_key"  # a table that says each row's partition is split by it
+
+
 class WarehouseIOManager(dg.ConfigurableIOManager):
     """Every asset's result as a Parquet file (tables) or JSON file (summaries) in the local
     warehouse, one file per asset and partition, replaced atomically on re-execution."""
@@ -58,8 +61,27 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
             parts.append(keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]}")
         return parts
 
+    def _per_partition(self, context) -> list[str] | None:
+        """The partition keys of a run over several partitions (a backfill in one run)."""
+        if context.has_asset_partitions:
+            keys = context.asset_partition_keys
+            if len(keys) > 1:
+                return list(keys)
+        return None
+
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         wh = Warehouse(self.root)
+        keys = self._per_partition(context)
+        if keys and isinstance(obj, pa.Table) and PARTITION_COLUMN in obj.column_names:
+            # one file per partition, as a run per partition would have written (an empty one
+            # too: re-running a partition replaces what it had)
+            import pyarrow.compute as pc
+
+            base = list(context.asset_key.path)
+            for key in keys:
+                wh.write(obj.filter(pc.equal(obj.column(PARTITION_COLUMN), key)), *base, key)
+            context.add_output_metadata({"rows": obj.num_rows, "partitions": len(keys)})
+            return
         parts = self._parts(context)
         if isinstance(obj, pa.Table):
             path = wh.write(obj, *parts)
@@ -71,6 +93,12 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> Any:
         wh = Warehouse(self.root)
+        keys = self._per_partition(context)
+        if keys:
+            base = list(context.asset_key.path)
+            found = [wh.read(*base, k) for k in keys if wh.exists(*base, k)]
+            if found:
+                return pa.concat_tables(found, promote_options="default")
         parts = self._parts(context)
         table = wh.read(*parts)
         if table is not None:

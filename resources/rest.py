@@ -48,6 +48,7 @@ class CrmSandboxResource(RestSystemResource):
     base_url: str = ""
     db_path: str
     write_fault_rate: float = 0.0
+    write_fault_kinds: list[str] = ["429", "500", "drop"]
     fault_seed: int | None = None
     _server: object = PrivateAttr(default=None)
     _token: str = PrivateAttr(default="")
@@ -61,7 +62,7 @@ class CrmSandboxResource(RestSystemResource):
         self._token = secrets.token_urlsafe(16)
         self._server = CrmSandboxServer(
             Path(self.db_path), token=self._token,
-            faults=Faults(write_fault_rate=self.write_fault_rate, seed=self.fault_seed)).start()
+            faults=Faults(write_fault_rate=self.write_fault_rate, kinds=tuple(self.write_fault_kinds), seed=self.fault_seed)).start()
 
     def _url_and_token(self) -> tuple[str, str | None]:
         return self._server.url, self._token

@@ -8,9 +8,11 @@ that names the file, the line and the entry.
 from __future__ import annotations
 
 import re
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -213,10 +215,20 @@ class Atp(Strict):
     locations: dict[str, AtpPolicy] = {}
 
 
+class TombstoneRule(Strict):
+    """A record deleted in this system is deactivated in `deactivate_in` (its `field` set false),
+    never deleted there: systems of record keep their history."""
+
+    deactivate_in: list[str]
+    field: str = "active"
+    severity: Severity = "high"
+
+
 class DomainRules(Strict):
     fields: dict[str, FieldRule]
     create_in: dict[str, CreateRule] = {}
     xref: XrefRule | None = None
+    tombstones: dict[str, TombstoneRule] = {}  # system whose deletes travel as tombstones -> rule
     expire_after_valid_to: bool = False
     atp: Atp | None = None
 
@@ -305,6 +317,16 @@ def load_rules(path: str | Path, systems: SystemsConfig) -> RulesConfig:
             for s in (drules.xref.system, drules.xref.refers_to):
                 if s not in holders:
                     bad(("domains", dname, "xref"), f"system {s!r} has no {dname} entity")
+        for src, tomb in drules.tombstones.items():
+            loc = ("domains", dname, "tombstones", src)
+            for s in [src, *tomb.deactivate_in]:
+                if s not in holders:
+                    bad(loc, f"system {s!r} has no {dname} entity")
+            if tomb.field not in DOMAINS[dname].field_names or not pa.types.is_boolean(DOMAINS[dname].type_of(tomb.field)):
+                bad(loc, f"field {tomb.field!r} is not a yes/no field of {dname}")
+            for s in tomb.deactivate_in:
+                if s in holders and tomb.field not in systems.entity(s, dname).fields:
+                    bad(loc, f"system {s!r} does not map field {tomb.field!r}")
     if problems:
         raise ConfigError("\n".join(problems))
     return rules
@@ -348,6 +370,13 @@ class ReportSettings(Strict):
     valuation_price_list: str = "LIST-US"
     trend_runs: int = Field(default=30, ge=2)
     top_n: int = Field(default=15, ge=1)
+class Sync(Strict):
+    """Incremental sync: how far back each read reaches past the watermark (clock skew between
+    systems), how often it runs, and the first day of the daily partitions."""
+
+    lookback_minutes: int = Field(default=10, ge=0)
+    incremental_cron: str = "0 * * * *"
+    partitions_start: date = date(2026, 1, 1)
 
 
 class Settings(Strict):
@@ -355,6 +384,7 @@ class Settings(Strict):
     write_back: WriteBack = WriteBack()
     freshness: dict[str, Freshness] = {}  # per system: its data's SLA
     report: ReportSettings = ReportSettings()
+    sync: Sync = Sync()
 
 
 class Config(BaseModel):

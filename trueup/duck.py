@@ -6,9 +6,21 @@ import duckdb
 import pyarrow as pa
 
 
+_db: tuple[int, duckdb.DuckDBPyConnection] | None = None
+
+
 def connect() -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB in UTC: the engine's columnar workbench."""
-    con = duckdb.connect()
+    """An in-memory DuckDB session in UTC: the engine's columnar workbench.
+
+    Sessions are cursors on one in-memory database per process: opening a database costs ~0.1 s,
+    a cursor ~1 ms, and an incremental run opens dozens. What a session registers is its own
+    (registered tables are connection-local) and goes when it is closed."""
+    global _db
+    import os
+
+    if _db is None or _db[0] != os.getpid():  # a forked process gets its own database
+        _db = (os.getpid(), duckdb.connect())
+    con = _db[1].cursor()
     con.execute("SET TimeZone = 'UTC'")
     return con
 

@@ -89,6 +89,8 @@ def to_canonical(
     missing = sorted(needed - set(raw.column_names))
     if missing:
         raise SchemaDriftError(system, entity, missing, raw.column_names)
+    if raw.num_rows == 0:  # nothing to map (an incremental read that found no change): skip the SQL
+        return Mapped(staged=domain.schema.empty_table(), issues=ISSUE_SCHEMA.empty_table())
 
     params: list = []
 

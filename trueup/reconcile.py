@@ -247,13 +247,16 @@ def _same(field: str, rule: FieldRule, dtype: pa.DataType) -> str:
     return f"({m} IS NOT DISTINCT FROM {g})"
 
 
-def build_plan(domain: str, matched: pa.Table, golden: pa.Table, config: Config) -> pa.Table:
-    """Every correction each target system needs, one row per field (PLAN_SCHEMA)."""
+def build_plan(domain: str, matched: pa.Table, golden: pa.Table, config: Config,
+               tombstones: pa.Table | None = None) -> pa.Table:
+    """Every correction each target system needs, one row per field (PLAN_SCHEMA). `tombstones`
+    are records their system deleted: per the rules, their counterparts are deactivated."""
     d = DOMAINS[domain]
     rules = config.rules.domains[domain]
     con = connect()
     con.register("matched", matched)
     con.register("golden", golden)
+    con.register("tombstones", tombstones if tombstones is not None else d.schema.empty_table())
     parts: list[str] = []
 
     def row(target: str, action: str, key: str, field: str, old: str, new: str, src: str,
@@ -316,6 +319,19 @@ def build_plan(domain: str, matched: pa.Table, golden: pa.Table, config: Config)
             f"ON k.golden_id = g.golden_id AND k.source_system = {_lit(x.refers_to)}",
             f"m.source_system = {_lit(x.system)} AND {desired} IS NOT NULL "
             f"AND m.match_key IS DISTINCT FROM {desired} AND (m.match_key IS NULL OR k.source_key IS NOT NULL)"))
+
+    # tombstones: a record deleted in its system deactivates its counterparts (never a delete),
+    # unless a live record of that system still stands for the same golden record
+    for src, tomb in rules.tombstones.items():
+        f = q(tomb.field)
+        for target in tomb.deactivate_in:
+            parts.append(row(
+                target, "deactivate", "m.source_key", tomb.field, f"CAST(m.{f} AS VARCHAR)", "'false'",
+                _lit(src), f"{domain}.tombstone: deleted in {src}", tomb.severity,
+                "(SELECT DISTINCT source_system, match_key FROM tombstones) t "
+                "JOIN matched m ON m.match_key = t.match_key JOIN golden g ON g.golden_id = m.golden_id",
+                f"t.source_system = {_lit(src)} AND m.source_system = {_lit(target)} AND m.{f} IS TRUE "
+                f"AND NOT m.held AND NOT list_contains(g.systems, {_lit(src)})"))
 
     if not parts:
         return PLAN_SCHEMA.empty_table()

@@ -8,12 +8,14 @@ file by default; PostgreSQL in production), queryable with plain SQL.
 - extracts     per run, system and entity: rows read and how old the source's data was (freshness)
 - kpis         per run, the business figures over time (long format: domain, system, kpi, value)
 - discrepancy_history  every discrepancy by a stable key: first seen, last seen, runs seen, closed
+- watermark_pending  what a run has read so far; becomes the watermark only when the run's
+                     write-backs succeeded (never for a dry-run or a failed run)
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -77,6 +79,20 @@ watermarks = sa.Table(
     sa.Column("run_id", sa.String(64)),
     sa.Column("updated_at", sa.DateTime(timezone=True)),
 )
+
+watermark_pending = sa.Table(
+    "watermark_pending", metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("system", sa.String(32), primary_key=True),
+    sa.Column("entity", sa.String(32), primary_key=True),
+    sa.Column("high_water", sa.DateTime(timezone=True)),
+)
+
+
+def _utc(v: datetime | None) -> datetime | None:
+    if v is not None and v.tzinfo is None:
+        v = v.replace(tzinfo=timezone.utc)
+    return v
 
 
 extracts = sa.Table(
@@ -224,6 +240,46 @@ class StateStore:
         if v is not None and v.tzinfo is None:
             v = v.replace(tzinfo=timezone.utc)
         return v
+
+    def since(self, system: str, entity: str, lookback: timedelta) -> datetime | None:
+        """Where an incremental read starts: the watermark minus the lookback overlap (clock skew
+        between systems); None (read everything) when no run has set one yet."""
+        wm = self.watermark(system, entity)
+        return None if wm is None else wm - lookback
+
+    def stage_watermark(self, run_id: str, system: str, entity: str, high_water: datetime | None) -> None:
+        """Remember what this run has read; it becomes the watermark in `advance_watermarks`."""
+        if high_water is None:
+            return
+        with self.engine.begin() as c:
+            c.execute(sa.delete(watermark_pending).where(
+                watermark_pending.c.run_id == run_id, watermark_pending.c.system == system,
+                watermark_pending.c.entity == entity))
+            c.execute(sa.insert(watermark_pending).values(run_id=run_id, system=system, entity=entity,
+                                                          high_water=high_water))
+
+    def advance_watermarks(self, run_id: str, *, apply: bool = True) -> list[dict]:
+        """Move every watermark this run staged forward (never back), in one transaction; the
+        run's final step calls this once its write-backs succeeded. With `apply=False` (a
+        dry-run) the staged values are dropped instead. Returns what moved."""
+        moved = []
+        with self.engine.begin() as c:
+            pending = c.execute(sa.select(watermark_pending).where(watermark_pending.c.run_id == run_id)).fetchall()
+            if not apply:
+                pending = []
+            for p in pending:
+                hw = _utc(p.high_water)
+                cur = _utc(c.execute(sa.select(watermarks.c.high_water).where(
+                    watermarks.c.system == p.system, watermarks.c.entity == p.entity)).scalar())
+                if cur is not None and cur >= hw:
+                    continue
+                c.execute(sa.delete(watermarks).where(watermarks.c.system == p.system,
+                                                      watermarks.c.entity == p.entity))
+                c.execute(sa.insert(watermarks).values(system=p.system, entity=p.entity, high_water=hw,
+                                                       run_id=run_id, updated_at=_now()))
+                moved.append({"system": p.system, "entity": p.entity, "high_water": hw})
+            c.execute(sa.delete(watermark_pending).where(watermark_pending.c.run_id == run_id))
+        return moved
 
     def set_watermark(self, system: str, entity: str, high_water: datetime, run_id: str) -> None:
         with self.engine.begin() as c:

@@ -29,6 +29,20 @@ WRITEBACK_SCHEMA = pa.schema(
 class Staged:
     table: pa.Table
     issues: pa.Table
+    tombstones: pa.Table | None = None  # records their system says are deleted (canonical rows)
+
+
+DELETED = "deleted"  # the column a system flags deleted records with (kept as tombstones)
+
+
+def split_deleted(raw: pa.Table) -> tuple[pa.Table, pa.Table | None]:
+    """(live rows, deleted rows) of an extract whose system flags deletes in a `deleted` column."""
+    if DELETED not in raw.column_names:
+        return raw, None
+    flag = pc.is_in(pc.utf8_lower(raw.column(DELETED).cast(pa.string())),
+                    pa.array(["true", "1", "t", "yes", "y"]))
+    flag = pc.fill_null(flag, False)
+    return raw.filter(pc.invert(flag)), raw.filter(flag)
 
 
 def stage(domain: str, raw: dict[str, pa.Table], config: Config,
@@ -38,7 +52,7 @@ def stage(domain: str, raw: dict[str, pa.Table], config: Config,
     `unreadable` names systems whose extract cannot be trusted this run (schema drift), with the
     reason: their rows are not staged and the whole domain is held (an issue for key `<all>`)."""
     extracted_at = extracted_at or datetime.now(timezone.utc)
-    tables, issues = [], []
+    tables, issues, tombs = [], [], []
     for system, reason in (unreadable or {}).items():
         issues.append(pa.Table.from_pylist([{
             "source_system": system, "entity": domain, "source_key": "<all>", "match_key": None,
@@ -46,12 +60,19 @@ def stage(domain: str, raw: dict[str, pa.Table], config: Config,
     for system, table in raw.items():
         if system in (unreadable or {}):
             continue
-        mapped = to_canonical(table, system=system, entity=domain,
-                              mapping=config.systems.entity(system, domain), extracted_at=extracted_at)
+        mapping = config.systems.entity(system, domain)
+        live, deleted = split_deleted(table)
+        mapped = to_canonical(live, system=system, entity=domain, mapping=mapping, extracted_at=extracted_at)
         tables.append(mapped.staged)
         issues.append(mapped.issues)
-    staged = pa.concat_tables(tables) if tables else DOMAINS[domain].schema.empty_table()
-    return Staged(staged, pa.concat_tables(issues) if issues else ISSUE_SCHEMA.empty_table())
+        if deleted is not None and deleted.num_rows:
+            # a deleted record is not reconciled as if alive; it travels as a tombstone
+            tombs.append(to_canonical(deleted, system=system, entity=domain, mapping=mapping,
+                                      extracted_at=extracted_at).staged)
+    schema = DOMAINS[domain].schema
+    staged = pa.concat_tables(tables) if tables else schema.empty_table()
+    return Staged(staged, pa.concat_tables(issues) if issues else ISSUE_SCHEMA.empty_table(),
+                  pa.concat_tables(tombs) if tombs else schema.empty_table())
 
 
 def writeback(domain: str, plan: pa.Table, clients: dict[str, SystemClient], config: Config,

@@ -35,7 +35,9 @@ def test_nightly_job_and_schedule(tmp_path):
             assert f"{domain}_{step}" in all_keys
     assert {"erp_customer_extract", "crm_customer_extract", "wms_customer_extract", "customer_erp_writeback",
             "inventory_erp_writeback", "reconciliation_report"} <= all_keys
-    assert keys == set() or keys == all_keys  # the nightly job covers the whole graph
+    sync = {k for k in all_keys if graph.get(dg.AssetKey(k)).group_name == "sync"}
+    assert {"customer_changes", "customer_sync_plan", "sync_watermarks"} <= sync
+    assert keys == set() or keys == all_keys - sync  # the nightly job covers the whole graph but the sync group
 
 
 def test_lineage_runs_extract_to_report(tmp_path):
@@ -87,3 +89,30 @@ def test_the_servers_profile_differs_from_the_default_only_in_the_wms():
     for entity, em in d["wms"].entities.items():
         assert s["wms"].entities[entity].fields == em.fields
         assert s["wms"].entities[entity].key == em.key
+
+
+def test_incremental_job_schedule_off_by_default_and_drop_sensor(home):
+    from sandbox.wms import WmsSandbox
+
+    defs = build_definitions(home=home)
+    job = defs.resolve_job_def("incremental_sync")
+    assert job.partitions_def is not None
+    schedule = defs.resolve_schedule_def("incremental_sync_schedule")
+    assert schedule.job_name == "incremental_sync" and schedule.cron_schedule == "0 * * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    sensor = defs.resolve_sensor_def("wms_drop_sensor")
+    repo = defs.get_repository_def()
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    # the nightly job leaves the sync group alone
+    nightly = {k.to_user_string() for k in defs.resolve_job_def("nightly_reconciliation").asset_layer.selected_asset_keys}
+    assert "customer_sync_plan" not in nightly and "nightly_watermarks" in nightly
+
+    first = sensor.evaluate_tick(dg.build_sensor_context(cursor=None, repository_def=repo))
+    assert len(first.run_requests) == 1
+    req = first.run_requests[0]
+    assert req.tags["trueup/window"] == "watermark" and req.partition_key
+    again = sensor.evaluate_tick(dg.build_sensor_context(cursor=first.cursor, repository_def=repo))
+    assert not again.run_requests
+    WmsSandbox(home / "demo" / "wms").export()  # a new drop arrives
+    third = sensor.evaluate_tick(dg.build_sensor_context(cursor=first.cursor, repository_def=repo))
+    assert len(third.run_requests) == 1 and third.cursor != first.cursor

@@ -53,6 +53,19 @@ def _json_default(v):
     raise TypeError(type(v))
 
 
+def _changed_after(table: pa.Table, column: str, since: datetime) -> pa.Table:
+    """Rows whose change timestamp (text in any ISO form, naive = UTC) is after `since`, plus
+    rows whose timestamp is missing or unreadable (kept: better read twice than never)."""
+    from trueup.duck import connect, fetch
+
+    con = connect()
+    con.register("t", table)
+    out = fetch(con, f"""SELECT * FROM t WHERE (TRY_CAST(NULLIF(trim(CAST("{column}" AS VARCHAR)), '') AS TIMESTAMPTZ)
+                         > $1::TIMESTAMPTZ) IS NOT FALSE""", [since])
+    con.close()
+    return out.cast(table.schema)
+
+
 class FileSystem:
     """One file-drop system as trueup sees it."""
 
@@ -60,6 +73,7 @@ class FileSystem:
         self.name = name
         self.root = Path(root)
         self.config = config
+        self.read_drop: dict[str, datetime | None] = {}  # entity -> export time of the drop last read
 
     @property
     def exports(self) -> Path:
@@ -96,9 +110,28 @@ class FileSystem:
                 return drop / f"{stem}{ext}"
         raise FileNotFoundError(f"{self.name}.{entity}: drop {drop.name} has no {stem}.csv/.parquet/.jsonl")
 
+    @staticmethod
+    def drop_time(drop: Path) -> datetime:
+        """When a drop was exported (its folder name)."""
+        return datetime.strptime(drop.name, STAMP).replace(tzinfo=timezone.utc)
+
     def extract(self, entity: str, since: datetime | None = None) -> pa.Table:
-        """The entity's rows in the newest complete drop."""
-        return read_file(self._file(self.latest_drop(), entity))
+        """The entity's rows in the newest complete drop; with `since`, only from a drop exported
+        after it (a drop already read is not read again: the result is empty) and only the rows
+        whose change column is after it (or empty: a row that cannot say is kept)."""
+        drop = self.latest_drop()
+        if since is not None and self.drop_time(drop) <= since:
+            self.read_drop[entity] = None
+            em = self.config.entities[entity]
+            cols = dict.fromkeys(em.key_columns + [f.column for f in em.fields.values()]
+                                 + ([em.updated_at] if em.updated_at else []))
+            return pa.table({c: pa.array([], pa.string()) for c in cols})
+        self.read_drop[entity] = self.drop_time(drop)
+        table = read_file(self._file(drop, entity))
+        em = self.config.entities[entity]
+        if since is not None and em.updated_at and em.updated_at in table.column_names:
+            table = _changed_after(table, em.updated_at, since)
+        return table
 
     def fetch_live(self, entity: str, keys: list[str]) -> pa.Table:
         # what the WMS last told us is the live state a file system can offer

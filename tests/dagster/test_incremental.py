@@ -1,0 +1,224 @@
+"""incremental_sync end to end on the demo: after a nightly run, a simulated day of edits is found
+exactly (a), a three-day backfill equals three daily runs (b), a failed run keeps its watermarks
+and the rerun catches up (c), a deleted CRM account is deactivated in the ERP, not lost (d)."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from contextlib import closing
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from assets.sync import WINDOW_TAG
+from pipelines.definitions import build_definitions
+from sandbox.changes import simulate_day
+from sandbox.score import score
+from trueup.state import StateStore
+
+pytestmark = pytest.mark.slow
+
+
+def _job(home, **sandbox_kw):
+    return build_definitions(home=home, **sandbox_kw).resolve_job_def
+
+
+def _sync(home, raise_on_error=True, **sandbox_kw):
+    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    return _job(home, **sandbox_kw)("incremental_sync").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), partition_key=day, tags={WINDOW_TAG: "watermark"},
+        raise_on_error=raise_on_error)
+
+
+def _store(home) -> StateStore:
+    return StateStore(f"sqlite:///{home / 'state.db'}")
+
+
+def _watermarks(home) -> dict:
+    with closing(sqlite3.connect(home / "state.db")) as c:
+        return {(s, e): hw for s, e, hw in c.execute("SELECT system, entity, high_water FROM watermarks")}
+
+
+@pytest.fixture(scope="module")
+def reconciled(tmp_path_factory, demo_template):
+    """The demo after one nightly full run (systems in agreement, crosswalk and watermarks set)."""
+    home = tmp_path_factory.mktemp("reconciled") / "home"
+    shutil.copytree(demo_template, home / "demo")
+    result = _job(home)("nightly_reconciliation").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    return home
+
+
+def _copy(reconciled, tmp_path):
+    home = tmp_path / "home"
+    shutil.copytree(reconciled, home)
+    return home
+
+
+@pytest.fixture(scope="module")
+def after_day(reconciled, tmp_path_factory):
+    """A day of 1% edits, then one incremental run."""
+    home = tmp_path_factory.mktemp("day") / "home"
+    shutil.copytree(reconciled, home)
+    truth = simulate_day(home / "demo", share=0.01, seed=11)
+    before = _watermarks(home)
+    result = _sync(home)
+    return home, truth, before, result
+
+
+def test_a_incremental_finds_exactly_the_discrepancies_the_day_caused(after_day, tmp_path):
+    home, truth, before, result = after_day
+    assert result.success
+    assert len(truth) >= 30 and truth["domain"].nunique() == 4
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    ledger = _store(home).ledger(result.run_id)
+    s = score(tmp_path / "truth.csv", ledger)
+    assert s.missed.empty and s.unexpected.empty, (s.missed.head(20), s.unexpected.head(20))
+    assert s.recall == 1.0 and s.precision == 1.0
+    assert set(ledger.column("status").to_pylist()) == {"applied"}
+    # it read the change, not the landscape
+    changed = sum(pq.read_table(home / "warehouse" / f"{d}_changes" / f"{result.dagster_run.tags['dagster/partition']}.parquet").num_rows
+                  for d in ("customer", "product", "price", "inventory"))
+    staged = sum(pq.read_table(home / "warehouse" / f"{d}_staged.parquet").num_rows
+                 for d in ("customer", "product", "price", "inventory"))
+    assert changed < staged / 5
+    after = _watermarks(home)
+    assert all(after[k] >= before[k] for k in before) and after != before
+    run = _store(home).runs().to_pylist()[-1]
+    assert run["mode"] == "incremental" and run["status"] == "succeeded"
+
+
+def test_d_deleted_crm_account_is_deactivated_in_the_erp_not_lost(after_day):
+    home, truth, _, result = after_day
+    deleted = truth[truth["kind"] == "day_crm_account_deleted"]
+    assert len(deleted) >= 1
+    keys = deleted["key"].tolist()
+    with closing(sqlite3.connect(home / "demo" / "erp.sqlite")) as erp:
+        rows = erp.execute(f"SELECT customer_number, is_active FROM erp_customer WHERE customer_number IN "
+                           f"({','.join('?' * len(keys))})", keys).fetchall()
+    assert sorted(rows) == sorted((k, 0) for k in keys)  # still there, inactive
+    with closing(sqlite3.connect(home / "demo" / "crm" / "crm.sqlite")) as crm:
+        ids = [r[0] for r in crm.execute(f"SELECT id FROM accounts WHERE deleted = 'true' AND erp_number IN "
+                                         f"({','.join('?' * len(keys))})", keys)]
+    assert len(ids) == len(keys)
+    crosswalk = pq.read_table(home / "warehouse" / "state" / "crosswalk" / "customer.parquet").to_pandas()
+    assert set(ids) <= set(crosswalk.loc[crosswalk["source_system"] == "crm", "source_key"])
+    led = _store(home).ledger(result.run_id).to_pandas()
+    deact = led[(led["action"] == "deactivate")]
+    assert sorted(deact["target_key"]) == sorted(keys) and set(deact["system"]) == {"erp"}
+    assert set(deact["new_value"]) == {"false"} and set(deact["status"]) == {"applied"}
+
+
+def test_c_failed_run_keeps_watermarks_and_the_rerun_catches_up(reconciled, tmp_path):
+    home = _copy(reconciled, tmp_path)
+    truth = simulate_day(home / "demo", share=0.01, seed=12)
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    before = _watermarks(home)
+    failed = _sync(home, raise_on_error=False, crm={"write_fault_rate": 1.0, "fault_seed": 3,
+                                                         "write_fault_kinds": ["429", "500"]})
+    assert not failed.success
+    assert any(ev.is_step_failure and "crm_sync_writeback" in ev.step_key for ev in failed.all_events)
+    assert _watermarks(home) == before  # nothing moved
+    with closing(sqlite3.connect(home / "state.db")) as c:
+        assert c.execute("SELECT count(*) FROM watermark_pending WHERE run_id = ?", [failed.run_id]).fetchone()[0] > 0
+
+    rerun = _sync(home)
+    assert rerun.success
+    store = _store(home)
+    both = pd.concat([store.ledger(failed.run_id).to_pandas(), store.ledger(rerun.run_id).to_pandas()])
+    s = score(tmp_path / "truth.csv", pa.Table.from_pandas(both, preserve_index=False))
+    assert s.missed.empty and s.unexpected.empty, (s.missed.head(20), s.unexpected.head(20))
+    rerun_systems = set(store.ledger(rerun.run_id).column("system").to_pylist())
+    assert rerun_systems == {"crm"}  # the ERP and WMS corrections went through the first time
+    after = _watermarks(home)
+    assert after != before and all(after[k] >= before[k] for k in before)
+
+
+def test_dry_run_sync_moves_no_watermark(reconciled, tmp_path):
+    home = _copy(reconciled, tmp_path)
+    simulate_day(home / "demo", share=0.01, seed=13)
+    before = _watermarks(home)
+    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    result = _job(home)("incremental_sync").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), partition_key=day,
+        tags={WINDOW_TAG: "watermark", "trueup/dry_run": "true"})
+    assert result.success
+    assert _watermarks(home) == before
+    assert set(_store(home).ledger(result.run_id).column("status").to_pylist()) <= {"dry_run"}
+
+
+VOLATILE = {"extracted_at"}
+
+
+def _partition_files(home) -> dict:
+    out = {}
+    for path in sorted((home / "warehouse").glob("*/20??-??-??.parquet")):
+        t = pq.read_table(path)
+        df = t.drop_columns([c for c in t.column_names if c in VOLATILE]).to_pandas()
+        out[f"{path.parent.name}/{path.stem}"] = df.sort_values(list(df.columns)).reset_index(drop=True) \
+            if len(df) else df
+    return out
+
+
+def test_b_backfill_of_three_days_equals_three_daily_runs(reconciled, tmp_path):
+    base = _copy(reconciled, tmp_path / "base")
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    days = [today - timedelta(days=n) for n in (3, 2, 1)]
+    truth = pd.concat([simulate_day(base / "demo", share=0.005, seed=20 + i, at=d + timedelta(hours=8),
+                                    span=timedelta(hours=10)) for i, d in enumerate(days)])
+    keys = [d.strftime("%Y-%m-%d") for d in days]
+    one = tmp_path / "one"
+    shutil.copytree(base, one)
+    daily = tmp_path / "daily"
+    shutil.copytree(base, daily)
+
+    backfill = _job(one)("incremental_sync").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(),
+        tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]})
+    assert backfill.success
+    runs = [_job(daily)("incremental_sync").execute_in_process(instance=dg.DagsterInstance.ephemeral(),
+                                                                partition_key=k) for k in keys]
+    assert all(r.success for r in runs)
+
+    a, b = _partition_files(one), _partition_files(daily)
+    assert set(a) == set(b) and {k.split("/")[1] for k in a} == set(keys)
+    base_ids = set(_store(base).ledger().to_pandas()["run_id"])
+    lb = _store(daily).ledger().to_pandas()
+    lb = lb[~lb["run_id"].isin(base_ids)]
+    corrected = set(zip(lb["system"], lb["target_key"]))
+    for name in a:
+        if name.split("/")[0].endswith("_changes"):
+            # what the systems said changed that day, as read: run day by day, a correction made
+            # for day 1 moves its record's change time to the correction, so a later day no longer
+            # lists that record; nothing else may differ
+            both = a[name].merge(b[name], how="outer", indicator=True)
+            assert (both["_merge"] != "right_only").all(), name
+            extra = both[both["_merge"] == "left_only"]
+            assert set(zip(extra["source_system"], extra["source_key"])) <= corrected, name
+        else:  # the results: plans, outcomes, watermarks
+            pd.testing.assert_frame_equal(a[name], b[name], check_dtype=False, obj=name)
+    assert sum(len(a[f"{d}_changes/{k}"]) for d in ("customer", "price") for k in keys) > 0
+    for domain in ("customer", "product", "price", "inventory"):
+        cw = [pq.read_table(h / "warehouse" / "state" / "crosswalk" / f"{domain}.parquet").to_pandas()
+              .sort_values(["source_system", "source_key"]).reset_index(drop=True) for h in (one, daily)]
+        pd.testing.assert_frame_equal(*cw)
+    cols = ["change_id", "system", "target_key", "field", "new_value", "status"]
+    la = _store(one).ledger().to_pandas()
+    la, lb = la[~la["run_id"].isin(base_ids)], lb[~lb["run_id"].isin(base_ids)]
+    assert la["change_id"].is_unique and lb["change_id"].is_unique  # no duplicates
+    assert la[cols].sort_values(cols).reset_index(drop=True).equals(lb[cols].sort_values(cols).reset_index(drop=True))
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    s = score(tmp_path / "truth.csv", pa.Table.from_pandas(la, preserve_index=False))
+    assert s.recall == 1.0 and s.precision == 1.0, (s.missed.head(20), s.unexpected.head(20))
+
+    # re-running a day replaces its results: same files, nothing new in the ledger
+    again = _job(one)("incremental_sync").execute_in_process(instance=dg.DagsterInstance.ephemeral(),
+                                                             partition_key=keys[1])
+    assert again.success
+    assert _store(one).ledger(again.run_id).num_rows == 0
+    assert set(_partition_files(one)) == set(a)

@@ -1,0 +1,204 @@
+"""Incremental sync: reconcile only the records that changed (since the watermark, or within a
+window of days) and what they depend on, at a cost that follows the size of the change.
+
+1. `read_changes`: each system's records changed after `since` (SQL: a bound predicate on the
+   change column; REST: `updated_since`; files: only a drop not yet read), in the canonical model,
+   deleted records kept as tombstones, each row tagged with its day (`partition_key`).
+2. `sync_plan`: the golden records those changes touch (through the crosswalk: by the record's own
+   key, by its match key, by its parent for a ship-to, by an extra anchor such as the product of a
+   changed price), their other members read from the systems by key (`fetch_live`), then the
+   same match / golden / plan as a full run over just those clusters. Golden ids come from the
+   crosswalk, which keeps every record this run did not see.
+
+The nightly full run stays the safety net for what this cannot see (a record deleted outright in a
+file drop, a cluster no change points to).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from trueup import reconcile, steps
+from trueup.config import Config
+from trueup.duck import connect, fetch
+from trueup.mapping import ISSUE_SCHEMA
+from trueup.model import DOMAINS, PLAN_SCHEMA
+
+PARTITION = "partition_key"  # the day (YYYY-MM-DD, UTC) a row belongs to
+# what depends on what: a changed price brings its product (the product's match key is the SKU)
+DEPENDS_ON = {"product": ("price", "sku")}
+
+
+def high_water(client, entity: str, raw: pa.Table, updated_at: str | None) -> datetime | None:
+    """The newest change a read saw: a file drop's export time, else the largest change timestamp
+    in the rows (None when there is none to go by)."""
+    drops = getattr(client, "read_drop", None)
+    if drops is not None:
+        return drops.get(entity)
+    if not updated_at or updated_at not in raw.column_names or raw.num_rows == 0:
+        return None
+    con = connect()
+    con.register("raw", raw.select([updated_at]))
+    v = con.execute(f'SELECT max(TRY_CAST(NULLIF(trim(CAST("{updated_at}" AS VARCHAR)), \'\') AS TIMESTAMPTZ)) '
+                    f"FROM raw").fetchone()[0]
+    con.close()
+    return v.astimezone(timezone.utc) if v is not None else None
+
+
+@dataclass
+class Changes:
+    table: pa.Table  # canonical rows + `deleted` + `partition_key`
+    issues: pa.Table
+    high_water: dict[str, datetime | None] = field(default_factory=dict)
+    read: dict[str, int] = field(default_factory=dict)  # rows each system returned
+
+
+def change_schema(domain: str) -> pa.Schema:
+    return (DOMAINS[domain].schema.append(pa.field("deleted", pa.bool_()))
+            .append(pa.field(PARTITION, pa.string())))
+
+
+def read_changes(domain: str, clients: dict, config: Config, since: dict[str, datetime | None],
+                 until: datetime | None = None, partition_key: str | None = None,
+                 extracted_at: datetime | None = None) -> Changes:
+    """Every system's records of `domain` changed after `since[system]` (and before `until`).
+
+    Rows are tagged with `partition_key` when given (an incremental run: its own day), else with
+    the day of their change (a window of days). A row whose change time is unknown is kept by an
+    open-ended read (better twice than never) and left out of a window it cannot be placed in.
+    """
+    systems = config.systems.systems_with(domain)
+    raw = {s: clients[s].extract(domain, since=since.get(s)) for s in systems}
+    hw = {s: high_water(clients[s], domain, raw[s], config.systems.entity(s, domain).updated_at) for s in systems}
+    staged = steps.stage(domain, raw, config, extracted_at)
+    parts = [staged.table.append_column("deleted", pa.array([False] * staged.table.num_rows, pa.bool_())),
+             staged.tombstones.append_column("deleted", pa.array([True] * staged.tombstones.num_rows, pa.bool_()))]
+    rows = pa.concat_tables(parts)
+    bounds = pa.table({"source_system": list(since), "since": pa.array(list(since.values()), pa.timestamp("us", "UTC"))})
+    con = connect()
+    con.register("rows", rows)
+    con.register("bounds", bounds)
+    keep_unknown = "TRUE" if until is None else "FALSE"
+    table = fetch(con, f"""
+        SELECT r.*, coalesce($1, strftime(r.source_updated_at, '%Y-%m-%d')) AS {PARTITION}
+        FROM rows r LEFT JOIN bounds b USING (source_system)
+        WHERE CASE WHEN r.source_updated_at IS NULL THEN {keep_unknown}
+                   ELSE (b.since IS NULL OR r.source_updated_at > b.since)
+                        AND ($2::TIMESTAMPTZ IS NULL OR r.source_updated_at < $2::TIMESTAMPTZ) END""",
+                  [partition_key, until])
+    con.register("kept", table)
+    issues = _issues_of(con, staged.issues)
+    con.close()
+    return Changes(table.cast(change_schema(domain)), issues, hw, {s: raw[s].num_rows for s in systems})
+
+
+def _issues_of(con, issues: pa.Table) -> pa.Table:
+    """The unreadable values among the changed rows (a row without a key is always reported)."""
+    con.register("issues", issues)
+    out = fetch(con, "SELECT i.* FROM issues i WHERE i.source_key = '<no key>' OR EXISTS "
+                     "(SELECT 1 FROM kept k WHERE k.source_system = i.source_system AND k.source_key = i.source_key)")
+    return out.cast(ISSUE_SCHEMA)
+
+
+@dataclass
+class SyncResult:
+    plan: pa.Table  # PLAN_SCHEMA + partition_key
+    matched: pa.Table
+    crosswalk: pa.Table
+    issues: pa.Table
+    tombstones: pa.Table
+    figures: dict = field(default_factory=dict)
+
+
+def sync_plan(domain: str, changes: pa.Table, clients: dict, config: Config, crosswalk: pa.Table | None,
+              *, issues: pa.Table | None = None, depends: pa.Table | None = None,
+              as_of: date | None = None, extracted_at: datetime | None = None) -> SyncResult:
+    """The plan for the golden records `changes` touch (plus `depends`: extra match keys with
+    their partition, e.g. the SKUs of changed prices for products), each plan row tagged with the
+    earliest day a change touched its golden record."""
+    if crosswalk is None or crosswalk.num_rows == 0:
+        raise ValueError(f"{domain}: no crosswalk yet: run the nightly full reconciliation once before "
+                         f"incremental syncs (it assigns the golden ids they build on)")
+    as_of = as_of or datetime.now(timezone.utc).date()
+    d = DOMAINS[domain]
+    if changes.num_rows == 0 and (depends is None or depends.num_rows == 0):  # nothing touched
+        empty = PLAN_SCHEMA.append(pa.field(PARTITION, pa.string())).empty_table()
+        return SyncResult(empty, d.schema.empty_table(), crosswalk, ISSUE_SCHEMA.empty_table(),
+                          d.schema.empty_table(), {"changed_rows": 0, "golden_records_touched": 0,
+                                                   "counterparts_read": {}, "records_reconciled": 0,
+                                                   "changes_planned": 0})
+    con = connect()
+    con.register("changes", changes)
+    con.register("crosswalk", crosswalk)
+    con.register("depends", depends if depends is not None else
+                 pa.table({"match_key": pa.array([], pa.string()), PARTITION: pa.array([], pa.string())}))
+    parent = ("UNION ALL SELECT cw.golden_id, ch.partition_key FROM changes ch JOIN cw "
+              "ON cw.source_system = ch.source_system AND cw.source_key = ch.parent_key"
+              if "parent_key" in d.field_names else "")
+    affected = fetch(con, f"""
+        WITH cw AS (SELECT * FROM crosswalk WHERE domain = $1),
+        hits AS (
+            SELECT cw.golden_id, ch.partition_key FROM changes ch JOIN cw USING (source_system, source_key)
+            UNION ALL SELECT cw.golden_id, ch.partition_key FROM changes ch JOIN cw ON cw.source_key = ch.match_key
+            {parent}
+            UNION ALL SELECT cw.golden_id, x.partition_key FROM depends x JOIN cw ON cw.source_key = x.match_key)
+        SELECT golden_id, min(partition_key) AS partition_key FROM hits GROUP BY golden_id""", [domain])
+    con.register("affected", affected)
+    wanted = fetch(con, """
+        SELECT DISTINCT cw.source_system, cw.source_key FROM crosswalk cw JOIN affected USING (golden_id)
+        WHERE cw.domain = $1 AND NOT EXISTS (SELECT 1 FROM changes ch WHERE ch.source_system = cw.source_system
+                                             AND ch.source_key = cw.source_key)
+        ORDER BY 1, 2""", [domain])
+    fetched_raw = {}
+    for system in config.systems.systems_with(domain):
+        keys = pc.filter(wanted.column("source_key"), pc.equal(wanted.column("source_system"), system)).to_pylist()
+        if keys:
+            fetched_raw[system] = clients[system].fetch_live(domain, keys)
+    fetched = steps.stage(domain, fetched_raw, config, extracted_at)
+
+    schema = d.schema
+    live_changes = changes.filter(pc.invert(changes.column("deleted"))).select(schema.names).cast(schema)
+    dead_changes = changes.filter(changes.column("deleted")).select(schema.names).cast(schema)
+    subset = pa.concat_tables([live_changes, fetched.table])
+    tombstones = pa.concat_tables([dead_changes, fetched.tombstones])
+    all_issues = pa.concat_tables([issues if issues is not None else ISSUE_SCHEMA.empty_table(), fetched.issues])
+
+    matched, new_cw = reconcile.match(domain, subset, crosswalk, all_issues)
+    golden = reconcile.build_golden(domain, matched, config, as_of)
+    plan = reconcile.build_plan(domain, matched, golden, config, tombstones)
+
+    con.register("plan", plan)
+    con.register("matched", matched)
+    default = min(changes.column(PARTITION).to_pylist() + (depends.column(PARTITION).to_pylist()
+                                                            if depends is not None else []), default=None)
+    plan = fetch(con, f"""
+        WITH a AS (SELECT golden_id, partition_key FROM affected
+                   UNION ALL SELECT m.golden_id, ch.partition_key FROM matched m
+                             JOIN changes ch USING (source_system, source_key)),
+        p AS (SELECT golden_id, min(partition_key) AS pk FROM a GROUP BY golden_id)
+        SELECT plan.*, coalesce(p.pk, $1) AS {PARTITION} FROM plan LEFT JOIN p USING (golden_id)
+        ORDER BY target_system, target_key, field""", [default])
+    con.close()
+    figures = {"changed_rows": changes.num_rows, "golden_records_touched": affected.num_rows,
+               "counterparts_read": {s: t.num_rows for s, t in fetched_raw.items()},
+               "records_reconciled": matched.num_rows, "changes_planned": plan.num_rows}
+    return SyncResult(plan, matched, new_cw, all_issues, tombstones, figures)
+
+
+def depends_table(domain: str, upstream_changes: dict[str, pa.Table]) -> pa.Table | None:
+    """The extra anchors a domain must reconcile because another domain changed (a changed price
+    brings its product): match keys with the day of the change."""
+    dep = DEPENDS_ON.get(domain)
+    if dep is None or dep[0] not in upstream_changes:
+        return None
+    t = upstream_changes[dep[0]]
+    con = connect()
+    con.register("t", t)
+    out = fetch(con, f"SELECT {dep[1]} AS match_key, min({PARTITION}) AS {PARTITION} FROM t "
+                     f"WHERE {dep[1]} IS NOT NULL GROUP BY 1")
+    con.close()
+    return out

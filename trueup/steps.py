@@ -10,12 +10,13 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from trueup import approvals
 from trueup.config import Config
 from trueup.duck import connect, fetch
 from trueup.mapping import ISSUE_SCHEMA, to_canonical
 from trueup.model import DOMAINS, OUTCOME_SCHEMA, PLAN_SCHEMA
 from trueup.state import StateStore
-from trueup.writeback import SystemClient, apply_plan
+from trueup.writeback import SystemClient, WriteResult, apply_plan
 
 log = logging.getLogger(__name__)
 
@@ -54,43 +55,101 @@ def stage(domain: str, raw: dict[str, pa.Table], config: Config,
     return Staged(staged, pa.concat_tables(issues) if issues else ISSUE_SCHEMA.empty_table())
 
 
+def _outcome(change_ids, status: str, error, attempts: int) -> pa.Table:
+    n = len(change_ids)
+    errors = error if isinstance(error, list) else [error] * n
+    return pa.table({"change_id": pa.array(change_ids, pa.string()),
+                     "status": pa.array([status] * n, pa.string()),
+                     "error": pa.array(errors, pa.string()),
+                     "attempts": pa.array([attempts] * n, pa.int32())}, schema=OUTCOME_SCHEMA)
+
+
 def writeback(domain: str, plan: pa.Table, clients: dict[str, SystemClient], config: Config,
               state: StateStore, run_id: str, *, dry_run: bool = False,
-              blocked: dict[str, str] | None = None) -> pa.Table:
-    """Apply the plan to each target system and record every outcome in the ledger.
+              blocked: dict[str, str] | None = None, systems: list[str] | None = None) -> pa.Table:
+    """Apply the plan to each target system (or only `systems`) and record every outcome.
+
+    Before anything is written, changes the rules hold for approval are taken out: pending ones
+    wait in the approvals table (`pending_approval`), rejected ones are `declined`, approved ones
+    go through. Pass the whole domain plan even when applying one system: a change that refers to
+    a record another system has yet to create waits for that create.
 
     A system whose client fails as a whole (down, unreachable) gets `retryable_error` outcomes with
-    the reason and the other systems still complete. `blocked` maps a system to the reason nothing
-    may be written to it this run (a failed gate, a tripped breaker).
+    the reason (and dead letters) and the other systems still complete. `blocked` maps a system to
+    the reason nothing may be written to it this run (a failed gate, a tripped breaker).
     """
     blocked = blocked or {}
+    targets = sorted(set(plan.column("target_system").to_pylist()))
+    if systems is not None:
+        targets = [t for t in targets if t in systems]
+    if not targets:
+        return WRITEBACK_SCHEMA.empty_table()
+    gated = approvals.gate(domain, plan, config, state.approval_status(
+        approvals.classify(domain, plan, config).column("approval_id").to_pylist()) if plan.num_rows else {})
     outs = []
-    for system in sorted(set(plan.column("target_system").to_pylist())):
-        rows = plan.filter(pc.equal(plan.column("target_system"), system))
+    for system in targets:
+        rows = gated.filter(pc.equal(gated.column("target_system"), system))
         if dry_run or system in blocked:
             status = "dry_run" if dry_run else "blocked"
-            reason = None if dry_run else blocked[system]
-            outcome = pa.table({"change_id": rows.column("change_id"),
-                                "status": pa.array([status] * rows.num_rows, pa.string()),
-                                "error": pa.array([reason] * rows.num_rows, pa.string()),
-                                "attempts": pa.array([0] * rows.num_rows, pa.int32())}, schema=OUTCOME_SCHEMA)
+            outcome = _outcome(rows.column("change_id").to_pylist(), status,
+                               None if dry_run else blocked[system], 0)
             if not dry_run:  # a blocked change is a decision worth auditing; a dry run is not
                 state.record(run_id, domain, rows, outcome)
-        else:
-            try:
-                outcome = apply_plan(clients[system], system, domain, config.systems.entity(system, domain), rows)
-            except Exception as exc:  # the whole system failed: say so, keep the others going
-                log.error("write-back to %s.%s failed: %s", system, domain, exc)
-                outcome = pa.table({"change_id": rows.column("change_id"),
-                                    "status": pa.array(["retryable_error"] * rows.num_rows, pa.string()),
-                                    "error": pa.array([f"{system}.{domain}: {type(exc).__name__}: {exc}"[:500]]
-                                                      * rows.num_rows, pa.string()),
-                                    "attempts": pa.array([1] * rows.num_rows, pa.int32())}, schema=OUTCOME_SCHEMA)
-            state.record(run_id, domain, rows, outcome)
-        outs.append(_join(rows, outcome))
-    if not outs:
-        return WRITEBACK_SCHEMA.empty_table()
-    return pa.concat_tables(outs).cast(WRITEBACK_SCHEMA)
+            outs.append(_join(rows, outcome))
+            continue
+        held = rows.filter(pc.is_in(rows.column("approval_status"), pa.array(approvals.HELD)))
+        go = rows.filter(pc.invert(pc.is_in(rows.column("approval_status"), pa.array(approvals.HELD))))
+        state.request_approvals(run_id, domain, held.filter(
+            pc.equal(held.column("approval_status"), "pending")).to_pylist())
+        state.retire_approvals(run_id, domain, system,
+                               rows.filter(pc.is_valid(rows.column("approval_reason")))
+                               .column("approval_id").to_pylist())
+        held_out = _outcome(held.column("change_id").to_pylist(), "pending_approval",
+                            held.column("approval_note").to_pylist(), 0)
+        declined = pc.equal(held.column("approval_status"), "rejected")
+        held_out = held_out.set_column(1, "status", pc.if_else(declined, "declined", held_out.column("status")))
+        outs.append(_join(held, held_out))
+        if go.num_rows == 0:
+            continue
+        plan_rows = go.select(PLAN_SCHEMA.names)
+
+        recorded: dict[str, WriteResult] = {}  # outcomes the journal already put in the ledger
+
+        def journal(ids: list[str], results, _rows=plan_rows, _done=recorded) -> None:
+            part = _rows.filter(pc.is_in(_rows.column("change_id"), pa.array(ids, pa.string())))
+            if results is None:
+                state.record_attempting(run_id, domain, part)
+                return
+            by_id = dict(zip(ids, results))
+            cids = part.column("change_id").to_pylist()
+            state.record(run_id, domain, part, pa.table({
+                "change_id": cids, "status": [by_id[c].status for c in cids],
+                "error": [by_id[c].error for c in cids],
+                "attempts": [by_id[c].attempts for c in cids]}, schema=OUTCOME_SCHEMA))
+            _done.update(by_id)
+
+        try:
+            outcome = apply_plan(clients[system], system, domain, config.systems.entity(system, domain),
+                                 plan_rows, journal=journal)
+        except Exception as exc:  # the whole system failed: say so, keep the others going
+            log.error("write-back to %s.%s failed: %s", system, domain, exc)
+            error = f"{system}.{domain}: {type(exc).__name__}: {exc}"[:500]
+            cids = plan_rows.column("change_id").to_pylist()
+            outcome = pa.table({
+                "change_id": cids,
+                "status": [recorded[c].status if c in recorded else "retryable_error" for c in cids],
+                "error": [recorded[c].error if c in recorded else error for c in cids],
+                "attempts": [recorded[c].attempts if c in recorded else 1 for c in cids]}, schema=OUTCOME_SCHEMA)
+        # the journal recorded what was sent; this records the rest (unchanged, stale, failed whole)
+        rest = pc.invert(pc.is_in(plan_rows.column("change_id"), pa.array(list(recorded), pa.string())))
+        state.record(run_id, domain, plan_rows.filter(rest), outcome)
+        approved = go.filter(pc.equal(go.column("approval_status"), "approved"))
+        if approved.num_rows:
+            applied = outcome.filter(pc.equal(outcome.column("status"), "applied")).column("change_id")
+            state.mark_approvals_applied(run_id, [c for c in approved.column("change_id").to_pylist()
+                                                  if c in set(applied.to_pylist())])
+        outs.append(_join(plan_rows, outcome))
+    return pa.concat_tables([o.select(WRITEBACK_SCHEMA.names).cast(WRITEBACK_SCHEMA) for o in outs])
 
 
 def _join(plan: pa.Table, outcome: pa.Table) -> pa.Table:

@@ -1,6 +1,11 @@
 """Apply a plan to one system safely: compare with the live values first, write only what still
 needs writing, and report one outcome per plan row.
 
+Writes go out in the client's batch size (`write_batch`); around each batch `journal` is told
+the change ids about to be sent (before) and their results (after), so the ledger can say
+"attempting" before anything leaves and the outcome once it is known: a run killed mid-apply
+leaves an honest record, and the compare-before-write makes its rerun skip what had landed.
+
 The flow is the same for every kind of system; the client supplies three verbs:
 `fetch_live(entity, keys)` (current source rows for those keys), `write(entity, ops)` (one
 outcome per operation) and the mapping it was configured with.
@@ -17,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import pyarrow as pa
 
@@ -88,9 +93,14 @@ def split_key(key: str, mapping: EntityMap) -> dict[str, str]:
     return dict(zip(cols, parts))
 
 
+Journal = Callable[[list[str], "list[WriteResult] | None"], None]
+
+
 def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMap,
-               plan: pa.Table) -> pa.Table:
-    """Apply the plan rows of one system and entity; return one outcome per row (OUTCOME_SCHEMA)."""
+               plan: pa.Table, journal: Journal | None = None) -> pa.Table:
+    """Apply the plan rows of one system and entity; return one outcome per row (OUTCOME_SCHEMA).
+    `journal(change_ids, None)` is called before a batch is sent, `journal(change_ids, results)`
+    after (results per change id, in order)."""
     if plan.num_rows == 0:
         return OUTCOME_SCHEMA.empty_table()
     domain = DOMAINS[entity]
@@ -157,11 +167,18 @@ def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMa
     for op in ops.values():
         op.idempotency_key = _idempotency_key(op.change_ids)
     op_list = list(ops.values())
-    if op_list:
-        results = client.write(entity, op_list)
-        for op, res in zip(op_list, results, strict=True):
+    size = max(1, int(getattr(client, "write_batch", 500)))
+    for i in range(0, len(op_list), size):
+        batch = op_list[i:i + size]
+        ids = [cid for op in batch for cid in op.change_ids]
+        if journal:
+            journal(ids, None)
+        results = client.write(entity, batch)
+        for op, res in zip(batch, results, strict=True):
             for cid in op.change_ids:
                 outcomes[cid] = res
+        if journal:
+            journal(ids, [outcomes[c] for c in ids])
     ids = plan.column("change_id").to_pylist()
     return pa.table(
         {

@@ -292,6 +292,25 @@ class StateStore:
             self._settle_attempts(c, run_id, rows, now)
             self._dead_letter(c, run_id, rows, now)
 
+    def unsettled(self, run_id: str, entity: str, system: str) -> pa.Table:
+        """Changes earlier runs sent and never got an outcome for (the run died mid-write)."""
+        return self._arrow(sa.select(ledger).where(
+            ledger.c.run_id != run_id, ledger.c.entity == entity, ledger.c.system == system,
+            ledger.c.status == "attempting").order_by(ledger.c.id))
+
+    def settle(self, run_id: str, landed: list[int], not_landed: list[int]) -> None:
+        """Give interrupted attempts (by ledger id) the outcome a later look at the system found."""
+        with self.engine.begin() as c:
+            for ids, status, note in (
+                    (landed, "applied", f"run interrupted before the outcome was recorded; run {run_id} "
+                                        f"found the value in place"),
+                    (not_landed, "interrupted", f"run interrupted before the outcome was recorded; run "
+                                                f"{run_id} found the write had not landed")):
+                for i in range(0, len(ids), 500):
+                    c.execute(sa.update(ledger).where(ledger.c.id.in_(ids[i:i + 500]),
+                                                      ledger.c.status == "attempting")
+                              .values(status=status, error=note))
+
     def _settle_attempts(self, c, run_id: str, rows: list[dict], now) -> None:
         for status, note in (("unchanged", "applied"), ("applied", "interrupted")):
             ids = [r["change_id"] for r in rows if r["status"] == status]

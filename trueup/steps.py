@@ -16,7 +16,7 @@ from trueup.duck import connect, fetch
 from trueup.mapping import ISSUE_SCHEMA, to_canonical
 from trueup.model import DOMAINS, OUTCOME_SCHEMA, PLAN_SCHEMA
 from trueup.state import StateStore
-from trueup.writeback import SystemClient, WriteResult, apply_plan
+from trueup.writeback import SystemClient, WriteResult, apply_plan, live_values
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,10 @@ def writeback(domain: str, plan: pa.Table, clients: dict[str, SystemClient], con
                 state.record(run_id, domain, rows, outcome)
             outs.append(_join(rows, outcome))
             continue
+        try:
+            _settle_interrupted(domain, system, clients[system], config, state, run_id)
+        except Exception as exc:  # the system is down: its own write-back below says so
+            log.warning("could not settle interrupted writes to %s.%s: %s", system, domain, exc)
         held = rows.filter(pc.is_in(rows.column("approval_status"), pa.array(approvals.HELD)))
         go = rows.filter(pc.invert(pc.is_in(rows.column("approval_status"), pa.array(approvals.HELD))))
         state.request_approvals(run_id, domain, held.filter(
@@ -152,6 +156,28 @@ def writeback(domain: str, plan: pa.Table, clients: dict[str, SystemClient], con
     return pa.concat_tables([o.select(WRITEBACK_SCHEMA.names).cast(WRITEBACK_SCHEMA) for o in outs])
 
 
+def _settle_interrupted(domain: str, system: str, client: SystemClient, config: Config, state: StateStore,
+                        run_id: str) -> None:
+    """Earlier runs' writes that died in flight: look at the system and record whether each landed.
+    (The ones the current plan still holds are settled by its own outcome as well.)"""
+    open_ = state.unsettled(run_id, domain, system)
+    if open_.num_rows == 0:
+        return
+    open_ = open_.rename_columns(["target_system" if c == "system" else c for c in open_.column_names])
+    live = live_values(client, system, domain, config.systems.entity(system, domain), open_)
+    con = connect()
+    con.register("a", open_)
+    con.register("lv", live)
+    judged = fetch(con, """
+        SELECT a.id, coalesce(lv.live_value IS NOT DISTINCT FROM a.new_value
+                              AND (lv.source_key IS NOT NULL), FALSE) AS landed
+        FROM a LEFT JOIN lv ON lv.source_key = a.target_key AND lv.field = a.field""")
+    con.close()
+    landed = pc.equal(judged.column("landed"), True)
+    state.settle(run_id, judged.filter(landed).column("id").to_pylist(),
+                 judged.filter(pc.invert(landed)).column("id").to_pylist())
+
+
 def _join(plan: pa.Table, outcome: pa.Table) -> pa.Table:
     con = connect()
     con.register("p", plan)
@@ -169,3 +195,57 @@ def discrepancy_counts(plan: pa.Table) -> pa.Table:
                         FROM plan GROUP BY ALL ORDER BY target_system, changes DESC, field""")
     con.close()
     return out
+
+
+def plan_domain(domain: str, raw: dict[str, pa.Table], config: Config, crosswalk: pa.Table | None,
+                as_of=None) -> tuple[pa.Table, pa.Table]:
+    """Stage, match, survive and plan one domain from fresh extracts: (plan, crosswalk)."""
+    from trueup import reconcile
+
+    staged = stage(domain, raw, config)
+    matched, crosswalk = reconcile.match(domain, staged.table, crosswalk, staged.issues)
+    golden = reconcile.build_golden(domain, matched, config, as_of or datetime.now(timezone.utc).date())
+    return reconcile.build_plan(domain, matched, golden, config), crosswalk
+
+
+def replay_dead_letters(domain: str, raw: dict[str, pa.Table], clients: dict[str, SystemClient],
+                        config: Config, state: StateStore, run_id: str,
+                        crosswalk: pa.Table | None) -> dict[str, int]:
+    """Re-plan the domain's open dead letters against current values and apply what is still
+    needed; a stored value is never re-sent as is. A dead letter whose field the fresh plan no
+    longer changes is closed as obsolete (it landed after all, or the data moved on); one whose
+    field now needs another value gets that value (and is closed as superseded).
+
+    `raw`: fresh extracts of every system holding the domain. Returns figures: open, replayed
+    (written again), applied, still_failing, obsolete, held (waiting for approval)."""
+    open_ = state.dead_letters(status="open", entity=domain)
+    figures = {"open": open_.num_rows, "replayed": 0, "applied": 0, "still_failing": 0, "obsolete": 0,
+               "held": 0}
+    if open_.num_rows == 0:
+        return figures
+    plan, _ = plan_domain(domain, raw, config, crosswalk)
+    con = connect()
+    con.register("plan", plan)
+    con.register("dl", open_)
+    # a field of a record, or a whole record to create, that a dead letter names
+    replan = fetch(con, """
+        SELECT p.* FROM plan p WHERE EXISTS (
+          SELECT 1 FROM dl WHERE dl.system = p.target_system AND dl.target_key = p.target_key
+            AND (dl.field = p.field OR (dl.action = 'create' AND p.action = 'create')))""")
+    gone = fetch(con, """
+        SELECT dl.id FROM dl WHERE NOT EXISTS (
+          SELECT 1 FROM plan p WHERE dl.system = p.target_system AND dl.target_key = p.target_key
+            AND (dl.field = p.field OR (dl.action = 'create' AND p.action = 'create')))""")
+    con.close()
+    state.close_dead_letters(gone.column("id").to_pylist(), "obsolete",
+                             "re-planned against current values: nothing left to change", run_id)
+    figures["obsolete"] = gone.num_rows
+    if replan.num_rows:
+        out = writeback(domain, replan.cast(PLAN_SCHEMA), clients, config, state, run_id,
+                        systems=sorted(set(open_.column("system").to_pylist())))
+        status = out.column("status").to_pylist()
+        figures["replayed"] = sum(s not in ("pending_approval", "declined") for s in status)
+        figures["applied"] = sum(s in ("applied", "unchanged") for s in status)
+        figures["still_failing"] = sum(s in ("retryable_error", "rejected") for s in status)
+        figures["held"] = sum(s in ("pending_approval", "declined") for s in status)
+    return figures

@@ -96,6 +96,29 @@ def split_key(key: str, mapping: EntityMap) -> dict[str, str]:
 Journal = Callable[[list[str], "list[WriteResult] | None"], None]
 
 
+def live_values(client: SystemClient, system: str, entity: str, mapping: EntityMap,
+                plan: pa.Table) -> pa.Table:
+    """The system's current canonical values of the plan's (key, field) pairs, as text:
+    (source_key, field, live_value); a key the system does not hold has no rows, and a held key
+    has a row per field even when the value is null."""
+    keys = sorted(set(plan.column("target_key").to_pylist()))
+    live_raw = client.fetch_live(entity, keys)
+    live = to_canonical(live_raw, system=system, entity=entity, mapping=mapping).staged
+    fields = sorted(set(plan.column("field").to_pylist()))
+    con = connect()
+    con.register("live", live)
+    unpivot = " UNION ALL ".join(
+        f"SELECT source_key, '{f}' AS field, CAST(\"{f}\" AS VARCHAR) AS live_value FROM live"
+        for f in fields if f in live.column_names
+    )
+    # a held record with no mapped field in the plan still counts as present
+    unpivot = (unpivot + " UNION ALL " if unpivot else "") + \
+        "SELECT source_key, NULL AS field, NULL AS live_value FROM live"
+    out = fetch(con, f"SELECT DISTINCT * FROM ({unpivot})")
+    con.close()
+    return out
+
+
 def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMap,
                plan: pa.Table, journal: Journal | None = None) -> pa.Table:
     """Apply the plan rows of one system and entity; return one outcome per row (OUTCOME_SCHEMA).
@@ -104,22 +127,11 @@ def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMa
     if plan.num_rows == 0:
         return OUTCOME_SCHEMA.empty_table()
     domain = DOMAINS[entity]
-    keys = sorted(set(plan.column("target_key").to_pylist()))
-    live_raw = client.fetch_live(entity, keys)
-    live = to_canonical(live_raw, system=system, entity=entity, mapping=mapping).staged
-
-    # live canonical values as text, long form: (key, field, live_value, exists)
-    fields = sorted(set(plan.column("field").to_pylist()))
     con = connect()
     con.register("plan", plan)
-    con.register("live", live)
-    unpivot = " UNION ALL ".join(
-        f"SELECT source_key, '{f}' AS field, CAST(\"{f}\" AS VARCHAR) AS live_value FROM live"
-        for f in fields if f in live.column_names
-    ) or "SELECT NULL::VARCHAR AS source_key, NULL::VARCHAR AS field, NULL::VARCHAR AS live_value WHERE FALSE"
-    judged = fetch(con, f"""
-        WITH lv AS ({unpivot}),
-        present AS (SELECT DISTINCT source_key FROM live)
+    con.register("lv", live_values(client, system, entity, mapping, plan))
+    judged = fetch(con, """
+        WITH present AS (SELECT DISTINCT source_key FROM lv)
         SELECT p.*, lv.live_value, p.target_key IN (SELECT source_key FROM present) AS exists_live,
           CASE
             WHEN p.action = 'create' AND p.target_key NOT IN (SELECT source_key FROM present) THEN 'write'

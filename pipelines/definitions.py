@@ -21,6 +21,7 @@ from assets.extract import extract_asset
 from assets.reconcile import domain_assets, writeback_asset, writeback_targets
 from assets.report import report_asset
 from checks.freshness import freshness_checks
+from pipelines.replay import replay_job
 from resources import (
     CrmSandboxResource, FileDropResource, RestSystemResource, SqlSystemResource, StateStoreResource,
     TrueupSettings, WarehouseIOManager, WmsSandboxResource,
@@ -114,9 +115,12 @@ def build_definitions(home: str | Path | None = None, config_dir: str | Path | N
         "trueup": TrueupSettings(config_dir=str(config_dir), home=str(home)),
         "state": StateStoreResource(url=_secret_or("TRUEUP_STATE_URL", f"sqlite:///{home / 'state.db'}")),
         "io_manager": WarehouseIOManager(root=str(home / "warehouse")),
+        # the replay job's figures: a dict read back in the same process, also in its metadata
+        "figures_io_manager": dg.InMemoryIOManager(),
         **system_resources(home, config, **sandbox_kw),
     }
-    return dg.Definitions(assets=assets, asset_checks=freshness_checks(config), jobs=[nightly],
+    replay = replay_job(DOMAINS, sorted(config.systems.systems))
+    return dg.Definitions(assets=assets, asset_checks=freshness_checks(config), jobs=[nightly, replay],
                           schedules=[schedule], resources=resources)
 
 

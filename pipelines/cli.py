@@ -103,6 +103,20 @@ def cmd_demo_build(args) -> int:
     return 0
 
 
+def _held(home: Path):
+    """The latest run's write-back rows waiting for approval (the approvals and what refers to them)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    parts = [pq.read_table(p) for p in sorted((home / "warehouse").glob("*_writeback.parquet"))]
+    if not parts:
+        return None
+    rows = pa.concat_tables(parts, promote_options="permissive")
+    rows = rows.filter(pc.equal(rows.column("status"), "pending_approval"))
+    return rows.rename_columns(["system" if c == "target_system" else c for c in rows.column_names])
+
+
 def cmd_score(args) -> int:
     from sandbox.score import score
     from trueup.state import StateStore
@@ -116,9 +130,11 @@ def cmd_score(args) -> int:
             print("no run recorded yet", file=sys.stderr)
             return 1
         run_id = runs.column("run_id")[-1].as_py()
-    s = score(home / "demo" / "ground_truth.csv", store.ledger(run_id))
+    s = score(home / "demo" / "ground_truth.csv", store.ledger(run_id), pending=_held(home))
     print(json.dumps({"run_id": run_id, "expected": s.expected, "corrected": s.corrected, "changes": s.changes,
-                      "recall": round(s.recall, 4), "precision": round(s.precision, 4)}, indent=2))
+                      "recall": round(s.recall, 4), "precision": round(s.precision, 4),
+                      "pending_approval": s.pending, "found_recall": round(s.found_recall, 4),
+                      "found_precision": round(s.found_precision, 4)}, indent=2))
     return 0
 
 
@@ -214,7 +230,7 @@ def cmd_replay(args) -> int:
     job = build_definitions(home=home).resolve_job_def("replay_dead_letters")
     result = job.execute_in_process(instance=dg.DagsterInstance.get(), raise_on_error=False)
     if result.success:
-        print(json.dumps(result.output_for_node("replay_dead_letters"), indent=2))
+        print(json.dumps(result.output_for_node("replay_changes"), indent=2))
     print(f"run {result.run_id} {'succeeded' if result.success else 'FAILED'}")
     return 0 if result.success else 1
 

@@ -8,10 +8,11 @@ from trueup import steps
 
 
 def replay_job(domains: list[str], systems: list[str]) -> dg.JobDefinition:
-    @dg.op(required_resource_keys={*systems, "trueup", "state"}, out=dg.Out(dict, io_manager_key="figures_io_manager"),
+    @dg.op(name="replay_changes", required_resource_keys={*systems, "trueup", "state"},
+           out=dg.Out(dict, io_manager_key="figures_io_manager"),
            description="For each domain with open dead letters: extract fresh, plan, and apply only "
                        "the dead-lettered fields; close the ones nothing is left to do for.")
-    def replay_dead_letters(context: dg.OpExecutionContext) -> dict:
+    def replay_changes(context: dg.OpExecutionContext) -> dict:
         trueup = context.resources.trueup
         cfg = trueup.config
         store = context.resources.state.store()
@@ -39,6 +40,6 @@ def replay_job(domains: list[str], systems: list[str]) -> dg.JobDefinition:
     @dg.job(name="replay_dead_letters", executor_def=dg.in_process_executor,
             description="Re-plan the dead-lettered changes against current values and apply them.")
     def _job():
-        replay_dead_letters()
+        replay_changes()
 
     return _job

@@ -45,8 +45,9 @@ def summarise(run_id: str, *, dry_run: bool, read: pa.Table, quarantined: pa.Tab
 
 def render_markdown(summary: dict) -> str:
     lines = [f"# trueup run {summary['run_id']}" + (" (dry run: nothing written)" if summary["dry_run"] else ""), ""]
-    lines += ["| domain | system | read | quarantined | discrepancies | applied | unchanged | failed |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| domain | system | read | quarantined | discrepancies | applied | unchanged | awaiting approval "
+              "| failed |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for domain, d in summary["domains"].items():
         systems = sorted(set(d["read"]) | set(d["corrections"]))
         for s in systems:
@@ -54,7 +55,8 @@ def render_markdown(summary: dict) -> str:
             found = sum(d["discrepancies"].get(s, {}).values())
             failed = c.get("rejected", 0) + c.get("retryable_error", 0) + c.get("blocked", 0)
             lines.append(f"| {domain} | {s} | {d['read'].get(s, 0)} | {d['quarantined'].get(s, 0)} | {found} | "
-                         f"{c.get('applied', 0)} | {c.get('unchanged', 0)} | {failed} |")
+                         f"{c.get('applied', 0)} | {c.get('unchanged', 0)} | "
+                         f"{c.get('pending_approval', 0) + c.get('declined', 0)} | {failed} |")
     h = summary.get("headline")
     if h:
         risk = ", ".join(f"{c} {v:,.2f}" for c, v in h["revenue_at_risk"].items()) or "0"
@@ -66,6 +68,14 @@ def render_markdown(summary: dict) -> str:
                   f"revenue at risk from price mismatches {risk}",
                   f"- open discrepancies {h['open_discrepancies']} (oldest {h['oldest_open_days']} days); "
                   f"quarantined rows {h['quarantined_rows']}; stale sources: {', '.join(h['stale_sources']) or 'none'}"]
+    safety = summary.get("write_safety")
+    if safety:
+        lines += ["", "## Write-back safety", "",
+                  f"- changes retried this run: {safety['retried']} (attempts beyond the first: {safety['retries']})",
+                  f"- dead letters open: {safety['dead_letters_open']} (`trueup replay` re-plans and applies them)",
+                  f"- approvals pending: {safety['approvals_pending']} (`trueup approvals`), "
+                  f"declined by a decision this run: {safety['declined']}",
+                  f"- interrupted writes of earlier runs still unsettled: {safety['unsettled']}"]
     lines += ["", "## Discrepancies by kind", ""]
     for domain, d in summary["domains"].items():
         for s, kinds in d["discrepancies"].items():

@@ -487,6 +487,23 @@ class StateStore:
             stmt = stmt.where(approvals.c.status == status)
         return self._arrow(stmt.order_by(approvals.c.requested_at, approvals.c.approval_id, approvals.c.field))
 
+    def safety_figures(self, run_id: str) -> dict[str, int]:
+        """What the report says about write-back safety for a run."""
+        with self.engine.connect() as c:
+            def count(stmt) -> int:
+                return int(c.execute(stmt).scalar() or 0)
+            return {
+                "retried": count(sa.select(sa.func.count()).select_from(ledger).where(
+                    ledger.c.run_id == run_id, ledger.c.retries > 0)),
+                "retries": count(sa.select(sa.func.sum(ledger.c.retries)).where(ledger.c.run_id == run_id)),
+                "dead_letters_open": count(sa.select(sa.func.count()).select_from(dead_letters).where(
+                    dead_letters.c.status == "open")),
+                "approvals_pending": count(sa.select(sa.func.count(sa.distinct(approvals.c.approval_id))).where(
+                    approvals.c.status == "pending")),
+                "unsettled": count(sa.select(sa.func.count()).select_from(ledger).where(
+                    ledger.c.status == "attempting", ledger.c.run_id != run_id)),
+            }
+
     # ---------------------------------------------------------- quarantine
 
     def record_quarantine(self, run_id: str, issues: pa.Table) -> None:

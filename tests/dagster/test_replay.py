@@ -39,7 +39,7 @@ def test_crm_down_fails_its_own_steps_dead_letters_everything_and_replay_applies
     back = build_definitions(home=home)
     replay = back.resolve_job_def("replay_dead_letters").execute_in_process(instance=dg.DagsterInstance.ephemeral())
     assert replay.success
-    out = replay.output_for_node("replay_dead_letters")
+    out = replay.output_for_node("replay_changes")
     assert out["still_open"] == 0
     replayed = sum(f["replayed"] + f["obsolete"] for f in out["domains"].values())
     assert replayed >= dead.num_rows

@@ -18,19 +18,23 @@ pytestmark = pytest.mark.slow
 
 def test_crm_down_fails_its_own_steps_dead_letters_everything_and_replay_applies_it(home, config):
     down = build_definitions(home=home, crm={"write_fault_rate": 1.0, "fault_seed": 3, "max_attempts": 2})
+    customer = [dg.AssetKey(k) for k in (
+        "erp_customer_extract", "crm_customer_extract", "wms_customer_extract", "customer_staged",
+        "customer_matched", "customer_golden", "customer_plan", "customer_erp_writeback",
+        "customer_crm_writeback", "customer_wms_writeback")]
     result = down.resolve_job_def("nightly_reconciliation").execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False, asset_selection=customer)
     failed = {e.step_key for e in result.all_events if e.is_step_failure}
-    assert failed == {"customer_crm_writeback", "product_crm_writeback", "price_crm_writeback"}
+    assert failed == {"customer_crm_writeback"}
     ok = {e.step_key for e in result.all_events if e.is_step_success}
-    assert {"customer_erp_writeback", "customer_wms_writeback", "inventory_erp_writeback"} <= ok
+    assert {"customer_erp_writeback", "customer_wms_writeback"} <= ok
 
     store = StateStore(f"sqlite:///{home / 'state.db'}")
     led = store.ledger(result.run_id)
     crm = led.filter(pc.equal(led.column("system"), "crm"))
     # every CRM change the run sent failed after its retries and waits as a dead letter, with why
     sent = crm.filter(pc.equal(crm.column("status"), "retryable_error"))
-    assert sent.num_rows == crm.num_rows > 50
+    assert sent.num_rows == crm.num_rows > 20
     dead = store.dead_letters()
     assert set(dead.column("change_id").to_pylist()) == set(sent.column("change_id").to_pylist())
     assert all("HTTP" in r or "disconnected" in r.lower() for r in dead.column("reason").to_pylist())
@@ -49,7 +53,7 @@ def test_crm_down_fails_its_own_steps_dead_letters_everything_and_replay_applies
     flow = Flow(home, config, state=store)
     with serve(home / "demo" / "crm" / "crm.sqlite") as srv:
         c = flow.clients(srv.url)
-        plans = {d: flow.plan(d, c)[0] for d in ("customer", "product", "price")}
+        plans = {"customer": flow.plan("customer", c)[0]}
         c["crm"].close()
     left = [p for plan in plans.values() for p in plan.to_pylist()
             if p["target_system"] == "crm" and not _waiting(p, plans)]

@@ -50,7 +50,8 @@ def main() -> int:
             if k != "seconds":
                 totals[k] = totals.get(k, 0) + v
     print(json.dumps({"total": {k: totals[k] for k in (
-        "attempted", "attempted_crm", "retried", "dead_lettered", "replayed", "replay_obsolete", "lost", "doubled",
+        "attempted", "attempted_crm", "retried", "dead_lettered", "replayed", "replay_found_in_place",
+        "replay_obsolete", "lost", "doubled",
         "lost_after_replay", "doubled_after_replay", "open_dead_letters_after_replay", "still_planned_after_replay",
         "faults_429", "faults_500", "faults_drop")}}))
     shutil.rmtree(work)

@@ -156,11 +156,12 @@ def fault_drill(home: Path, config: Config, *, rate: float = 0.2, seed: int = 11
                "retried": sent.filter(pa.compute.greater(sent.column("retries"), 0)).num_rows,
                "dead_lettered": flow.state.dead_letters(status="open").num_rows,
                **{f"faults_{k}": v for k, v in faults.items()}}
+    figures["approvals_pending_before_replay"] = flow.state.approvals("pending").num_rows
     with serve(demo / "crm" / "crm.sqlite") as srv:
         c = clients(srv.url)
         after = check_against_plan(home, config, c, plans, flow.state)
         figures["lost"], figures["doubled"] = after["lost"], after["doubled"]
-        replay = {"replayed": 0, "obsolete": 0, "still_failing": 0}
+        replay = {"replayed": 0, "obsolete": 0, "still_failing": 0, "found_in_place": 0}
         for domain in domains:
             raw = {sys_: c[sys_].extract(domain) for sys_ in config.systems.systems_with(domain)}
             got = steps.replay_dead_letters(domain, raw, c, config, flow.state, "replay",
@@ -169,8 +170,10 @@ def fault_drill(home: Path, config: Config, *, rate: float = 0.2, seed: int = 11
                 replay[k] += got[k]
         WmsSandbox(demo / "wms").process_inbound()
         figures.update({"replayed": replay["replayed"], "replay_obsolete": replay["obsolete"],
+                        "replay_found_in_place": replay["found_in_place"],
                         "replay_still_failing": replay["still_failing"]})
         figures["open_dead_letters_after_replay"] = flow.state.dead_letters(status="open").num_rows
+        figures["approvals_pending_after_replay"] = flow.state.approvals("pending").num_rows
         final = check_against_plan(home, config, c, plans, flow.state)
         figures["lost_after_replay"], figures["doubled_after_replay"] = final["lost"], final["doubled"]
         held = set(flow.state.approvals().column("change_id").to_pylist())

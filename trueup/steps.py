@@ -66,7 +66,8 @@ def _outcome(change_ids, status: str, error, attempts: int) -> pa.Table:
 
 def writeback(domain: str, plan: pa.Table, clients: dict[str, SystemClient], config: Config,
               state: StateStore, run_id: str, *, dry_run: bool = False,
-              blocked: dict[str, str] | None = None, systems: list[str] | None = None) -> pa.Table:
+              blocked: dict[str, str] | None = None, systems: list[str] | None = None,
+              whole_plan: bool = True) -> pa.Table:
     """Apply the plan to each target system (or only `systems`) and record every outcome.
 
     Before anything is written, changes the rules hold for approval are taken out: pending ones
@@ -77,6 +78,7 @@ def writeback(domain: str, plan: pa.Table, clients: dict[str, SystemClient], con
     A system whose client fails as a whole (down, unreachable) gets `retryable_error` outcomes with
     the reason (and dead letters) and the other systems still complete. `blocked` maps a system to
     the reason nothing may be written to it this run (a failed gate, a tripped breaker).
+    `whole_plan=False` says the plan is a part (a replay): pending approvals it lacks stay pending.
     """
     blocked = blocked or {}
     targets = sorted(set(plan.column("target_system").to_pylist()))
@@ -105,9 +107,10 @@ def writeback(domain: str, plan: pa.Table, clients: dict[str, SystemClient], con
         go = rows.filter(pc.invert(pc.is_in(rows.column("approval_status"), pa.array(approvals.HELD))))
         state.request_approvals(run_id, domain, held.filter(
             pc.equal(held.column("approval_status"), "pending")).to_pylist())
-        state.retire_approvals(run_id, domain, system,
-                               rows.filter(pc.is_valid(rows.column("approval_reason")))
-                               .column("approval_id").to_pylist())
+        if whole_plan:  # a part of a plan (a replay) cannot tell which proposals are gone
+            state.retire_approvals(run_id, domain, system,
+                                   rows.filter(pc.is_valid(rows.column("approval_reason")))
+                                   .column("approval_id").to_pylist())
         held_out = _outcome(held.column("change_id").to_pylist(), "pending_approval",
                             held.column("approval_note").to_pylist(), 0)
         declined = pc.equal(held.column("approval_status"), "rejected")
@@ -217,10 +220,11 @@ def replay_dead_letters(domain: str, raw: dict[str, pa.Table], clients: dict[str
     field now needs another value gets that value (and is closed as superseded).
 
     `raw`: fresh extracts of every system holding the domain. Returns figures: open, replayed
-    (written again), applied, still_failing, obsolete, held (waiting for approval)."""
+    (written again), applied, still_failing, found_in_place (had landed after all), obsolete,
+    held (waiting for approval)."""
     open_ = state.dead_letters(status="open", entity=domain)
     figures = {"open": open_.num_rows, "replayed": 0, "applied": 0, "still_failing": 0, "obsolete": 0,
-               "held": 0}
+               "found_in_place": 0, "held": 0}
     if open_.num_rows == 0:
         return figures
     plan, _ = plan_domain(domain, raw, config, crosswalk)
@@ -237,12 +241,31 @@ def replay_dead_letters(domain: str, raw: dict[str, pa.Table], clients: dict[str
           SELECT 1 FROM plan p WHERE dl.system = p.target_system AND dl.target_key = p.target_key
             AND (dl.field = p.field OR (dl.action = 'create' AND p.action = 'create')))""")
     con.close()
-    state.close_dead_letters(gone.column("id").to_pylist(), "obsolete",
+    # nothing left to change: the failed attempt may have landed after all (a dropped connection
+    # after the write); then the ledger says so and the dead letter is resolved, else obsolete
+    gone_rows = open_.filter(pc.is_in(open_.column("id"), gone.column("id")))
+    landed_ids: set[int] = set()
+    for system in sorted(set(gone_rows.column("system").to_pylist())):
+        rows = gone_rows.filter(pc.equal(gone_rows.column("system"), system))
+        rows = rows.rename_columns(["target_system" if c == "system" else c for c in rows.column_names])
+        live = live_values(clients[system], system, domain, config.systems.entity(system, domain), rows)
+        now = {(r["source_key"], r["field"]): r["live_value"] for r in live.to_pylist()}
+        landed = [r for r in rows.to_pylist() if (r["target_key"], r["field"]) in now
+                  and now[(r["target_key"], r["field"])] == r["new_value"]]
+        if landed:
+            part = pa.Table.from_pylist(landed).select(
+                [c for c in PLAN_SCHEMA.names if c in rows.column_names])
+            state.record(run_id, domain, part, _outcome(
+                [r["change_id"] for r in landed], "unchanged",
+                "found in place on replay: the attempt reported as failed had landed", 0))
+            landed_ids |= {r["id"] for r in landed}
+    state.close_dead_letters([i for i in gone.column("id").to_pylist() if i not in landed_ids], "obsolete",
                              "re-planned against current values: nothing left to change", run_id)
-    figures["obsolete"] = gone.num_rows
+    figures["obsolete"] = gone.num_rows - len(landed_ids)
+    figures["found_in_place"] = len(landed_ids)
     if replan.num_rows:
         out = writeback(domain, replan.cast(PLAN_SCHEMA), clients, config, state, run_id,
-                        systems=sorted(set(open_.column("system").to_pylist())))
+                        systems=sorted(set(open_.column("system").to_pylist())), whole_plan=False)
         status = out.column("status").to_pylist()
         figures["replayed"] = sum(s not in ("pending_approval", "declined") for s in status)
         figures["applied"] = sum(s in ("applied", "unchanged") for s in status)

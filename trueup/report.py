@@ -134,6 +134,15 @@ def _first_table(store, names: tuple[str, ...], run_id: str) -> pa.Table | None:
     return None
 
 
+def _open_only(table: pa.Table | None) -> pa.Table | None:
+    """Dead letters still open (closed ones are history: resolved, superseded, obsolete)."""
+    if table is None or "status" not in table.column_names:
+        return table
+    import pyarrow.compute as pc
+
+    return table.filter(pc.equal(table.column("status"), "open"))
+
+
 def exception_report(store, warehouse, config, summary: dict, outcomes: pa.Table, reports_dir: Path,
                      *, domains: list[str], full_run: bool = True, at=None) -> tuple[Path, dict, dict]:
     """The run's HTML exception report with the rows behind every chart, the discrepancy history
@@ -159,7 +168,7 @@ def exception_report(store, warehouse, config, summary: dict, outcomes: pa.Table
         previous_runs=store.runs(), settings=config.settings.report,
         freshness_hours={s: f.max_age_hours for s, f in config.settings.freshness.items()},
         review_queue=_first_table(store, REVIEW_QUEUE_TABLES, run_id),
-        dead_letters=_first_table(store, DEAD_LETTER_TABLES, run_id))
+        dead_letters=_open_only(_first_table(store, DEAD_LETTER_TABLES, run_id)))
     figures, headline, kpis = insights.build(facts)
     store.record_kpis(run_id, kpis, at)
     path = htmlreport.write_html(run_id, at, summary["dry_run"], figures, headline, Path(reports_dir) / run_id)

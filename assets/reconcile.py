@@ -172,11 +172,11 @@ def writeback_asset(domain: str, system: str) -> dg.AssetsDefinition:
         state: StateStoreResource = context.resources.state
         cfg = trueup.config
         blocked = json.loads((plan.schema.metadata or {}).get(GATE_KEY, b"{}"))
-        rows = plan.filter(pc.equal(plan.column("target_system"), system))
         resource = getattr(context.resources, system)
         dry_run = trueup.is_dry_run(context)
-        out = steps.writeback(domain, rows, {system: resource.client(cfg)}, cfg, state.store(),
-                              context.run_id, dry_run=dry_run,
+        # the whole domain plan: a change may wait for another system's create (approvals)
+        out = steps.writeback(domain, plan, {system: resource.client(cfg)}, cfg, state.store(),
+                              context.run_id, dry_run=dry_run, systems=[system],
                               blocked={system: f"gate failed: {blocked[system]}"} if system in blocked else None)
         if out.num_rows and not dry_run and system not in blocked:
             resource.after_writeback()
@@ -184,7 +184,8 @@ def writeback_asset(domain: str, system: str) -> dg.AssetsDefinition:
         context.add_output_metadata({"changes": out.num_rows, **{f"changes_{k}": v for k, v in by_status.items()},
                                      **({"blocked": blocked[system]} if system in blocked else {})})
         failed = out.filter(pc.equal(out.column("status"), "retryable_error"))
-        if failed.num_rows and failed.num_rows == out.num_rows:
+        sent = out.filter(pc.invert(pc.is_in(out.column("status"), pa.array(["pending_approval", "declined"]))))
+        if failed.num_rows and failed.num_rows == sent.num_rows:
             # nothing got through: the system is down; fail this step loudly, the others go on
             raise dg.Failure(
                 description=f"write-back to {system} ({domain}) failed for all {failed.num_rows} changes: "

@@ -43,6 +43,8 @@ def report_asset(domains: list[str], writebacks: list[dg.AssetKey]) -> dg.Assets
             {d: t for d in domains if (t := wh.read("match_exceptions", d)) is not None},
             {d: t for d in domains if (t := wh.read("review", d)) is not None})
         store = state.store()
+        summary["write_safety"] = {**store.safety_figures(context.run_id),
+                                   "declined": summary["totals"].get("declined", 0)}
         try:
             html_path, headline, figures = report.exception_report(
                 store, wh, trueup.config, summary, all_out, trueup.reports_dir, domains=domains,

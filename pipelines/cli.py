@@ -10,6 +10,10 @@ demo, and score a run against the demo's ground truth.
     trueup score [--run RUN_ID]
     trueup review list [--domain customer]
     trueup review confirm|reject DOMAIN SYSTEM KEY ANCHOR_KEY [--by NAME]
+    trueup approvals [list] [--all]                  what waits for a decision: what, why, since when
+    trueup approvals approve ID... [--by NAME] [--note TEXT]
+    trueup approvals reject ID... --note TEXT        (ID: an approval id or a unique prefix; --all-pending)
+    trueup replay                                    re-plan the dead letters and apply them
 """
 
 from __future__ import annotations
@@ -165,6 +169,20 @@ def cmd_demo_day(args) -> int:
     return 0
 
 
+def _held(home: Path):
+    """The latest run's write-back rows waiting for approval (the approvals and what refers to them)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    parts = [pq.read_table(p) for p in sorted((home / "warehouse").glob("*_writeback.parquet"))]
+    if not parts:
+        return None
+    rows = pa.concat_tables(parts, promote_options="permissive")
+    rows = rows.filter(pc.equal(rows.column("status"), "pending_approval"))
+    return rows.rename_columns(["system" if c == "target_system" else c for c in rows.column_names])
+
+
 def cmd_score(args) -> int:
     from sandbox.score import score
     from trueup.state import StateStore
@@ -178,9 +196,11 @@ def cmd_score(args) -> int:
             print("no run recorded yet", file=sys.stderr)
             return 1
         run_id = runs.column("run_id")[-1].as_py()
-    s = score(home / "demo" / "ground_truth.csv", store.ledger(run_id))
+    s = score(home / "demo" / "ground_truth.csv", store.ledger(run_id), pending=_held(home))
     print(json.dumps({"run_id": run_id, "expected": s.expected, "corrected": s.corrected, "changes": s.changes,
-                      "recall": round(s.recall, 4), "precision": round(s.precision, 4)}, indent=2))
+                      "recall": round(s.recall, 4), "precision": round(s.precision, 4),
+                      "pending_approval": s.pending, "found_recall": round(s.found_recall, 4),
+                      "found_precision": round(s.found_precision, 4)}, indent=2))
     return 0
 
 
@@ -210,6 +230,75 @@ def cmd_review(args) -> int:
     wh.write(dec, "state", "review_decisions", args.domain)
     print(f"{args.review_cmd}ed: {args.domain} {args.system} {args.key} -> {args.anchor_key} (applies from the next run)")
     return 0
+
+
+def _store(args):
+    from trueup.state import StateStore
+
+    home = _home(args)
+    return StateStore(os.environ.get("TRUEUP_STATE_URL", f"sqlite:///{home / 'state.db'}"))
+
+
+def cmd_approvals_list(args) -> int:
+    """One line per approval (a create is one approval over its fields). Values of fields that
+    may hold personal data are not printed: the key, the rule and the reason say what it is."""
+    store = _store(args)
+    rows = store.approvals(None if args.all else "pending").to_pylist()
+    if not rows:
+        print("nothing waits for approval" if not args.all else "no approvals recorded")
+        return 0
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["approval_id"], []).append(r)
+    print(f"{'approval':<14} {'status':<10} {'since':<20} {'system':<6} {'what':<58} why")
+    for aid, rs in groups.items():
+        r = rs[0]
+        if r["action"] == "create":
+            name = next((x["new_value"] for x in rs if x["field"] == "name"), None)
+            what = f"create {r['entity']} {r['target_key']}" + (f" ({name})" if name else "") + f", {len(rs)} fields"
+        else:
+            what = f"{r['entity']} {r['target_key']} {r['field']}: {r['old_value']} -> {r['new_value']}"
+        since = r["requested_at"].strftime("%Y-%m-%d %H:%M") if r["requested_at"] else ""
+        decided = f" [{r['status']} by {r['decided_by']}: {r['note'] or ''}]" if r["decided_by"] else ""
+        print(f"{aid[:12]:<14} {r['status']:<10} {since:<20} {r['system']:<6} {what[:58]:<58} {r['reason']}{decided}")
+    return 0
+
+
+def cmd_approvals_decide(args) -> int:
+    store = _store(args)
+    decision = "approved" if args.decision == "approve" else "rejected"
+    by = args.by or os.environ.get("USER") or "unknown"
+    try:
+        if args.all_pending:
+            n = store.decide_all_pending(decision, by=by, note=args.note)
+        elif args.ids:
+            n = store.decide(args.ids, decision, by=by, note=args.note)
+        else:
+            print("name the approvals to decide (or --all-pending)", file=sys.stderr)
+            return 2
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 1
+    print(f"{decision} {n} approval(s); {'the next run applies them' if decision == 'approved' else 'they will not be proposed again until the data changes'}")
+    return 0
+
+
+def cmd_replay(args) -> int:
+    """The replay_dead_letters job in-process."""
+    home = _home(args)
+    os.environ.setdefault("DAGSTER_HOME", str(home / "dagster"))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+
+    import dagster as dg
+
+    from pipelines.definitions import build_definitions
+
+    job = build_definitions(home=home).resolve_job_def("replay_dead_letters")
+    result = job.execute_in_process(instance=dg.DagsterInstance.get(), raise_on_error=False)
+    if result.success:
+        print(json.dumps(result.output_for_node("replay_changes"), indent=2))
+    print(f"run {result.run_id} {'succeeded' if result.success else 'FAILED'}")
+    return 0 if result.success else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,6 +344,21 @@ def main(argv: list[str] | None = None) -> int:
         rc.add_argument("anchor_key")
         rc.add_argument("--by", help="who decided (default: $USER)")
         rc.set_defaults(fn=cmd_review)
+    a = sub.add_parser("approvals", help="changes waiting for approval; approve or reject them")
+    a.set_defaults(fn=cmd_approvals_list, all=False)
+    asub = a.add_subparsers(dest="approvals_cmd")
+    al = asub.add_parser("list", help="pending approvals (--all: every decision too)")
+    al.add_argument("--all", action="store_true")
+    al.set_defaults(fn=cmd_approvals_list)
+    for verb in ("approve", "reject"):
+        ad = asub.add_parser(verb, help=f"{verb} pending approvals by id (or unique prefix)")
+        ad.add_argument("ids", nargs="*")
+        ad.add_argument("--all-pending", action="store_true", help=f"{verb} everything pending")
+        ad.add_argument("--by", help="who decides (default: $USER)")
+        ad.add_argument("--note", required=verb == "reject", help="why (required to reject)")
+        ad.set_defaults(fn=cmd_approvals_decide, decision=verb)
+    rp = sub.add_parser("replay", help="re-plan the dead letters against current values and apply them")
+    rp.set_defaults(fn=cmd_replay)
     args = p.parse_args(argv)
     return args.fn(args)
 

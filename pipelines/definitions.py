@@ -26,6 +26,7 @@ from assets.sync import (
     WINDOW_TAG, changes_asset, nightly_watermarks_asset, sync_partitions, sync_plan_asset, sync_watermarks_asset,
     sync_writeback_asset,
 )
+from pipelines.replay import replay_job
 from resources import (
     CrmSandboxResource, FileDropResource, RestSystemResource, SqlSystemResource, StateStoreResource,
     TrueupSettings, WarehouseIOManager, WmsSandboxResource,
@@ -167,8 +168,11 @@ def build_definitions(home: str | Path | None = None, config_dir: str | Path | N
         "state": StateStoreResource(url=_secret_or("TRUEUP_STATE_URL", f"sqlite:///{home / 'state.db'}")),
         "io_manager": WarehouseIOManager(root=str(home / "warehouse")),
         **sys_res,
+        # the replay job's figures: a dict read back in the same process, also in its metadata
+        "figures_io_manager": dg.InMemoryIOManager(),
     }
-    return dg.Definitions(assets=assets, asset_checks=freshness_checks(config), jobs=[nightly, incremental],
+    replay = replay_job(DOMAINS, sorted(config.systems.systems))
+    return dg.Definitions(assets=assets, asset_checks=freshness_checks(config), jobs=[nightly, incremental, replay],
                           schedules=[schedule, incremental_sync_schedule], sensors=[wms_drop_sensor],
                           resources=resources)
 

@@ -4,13 +4,16 @@
 - `POST /api/v1/{resource}/batch`  up to 200 records, one result per record, per-record
                                    idempotency keys (a replayed key returns its first result)
 - bearer token auth; a token-bucket rate limit answering 429 with Retry-After
-- injectable faults on writes (429, 500, or a dropped connection after the write was applied)
+- injectable faults on writes (429, 500, or a dropped connection after the write was applied: the
+  TCP connection is aborted with no HTTP answer, so the client sees a transport error)
+- `write_delay`: seconds each batch write takes (lets tests stop a client mid-apply)
 
 State lives in a SQLite file so it survives restarts and tests can read it back directly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import random
@@ -88,8 +91,20 @@ class DroppedConnection(Exception):
     """Raised after a write was applied, to make the server close the connection unanswered."""
 
 
+def _abort_connection(request: Request) -> bool:
+    """Abort the request's TCP connection with no HTTP answer, as a crashed worker or a load
+    balancer would. Uvicorn's `receive` is a bound method of its request cycle, which holds the
+    connection's transport; False when there is none (an in-process test client)."""
+    transport = getattr(getattr(request.receive, "__self__", None), "transport", None)
+    if transport is None:
+        return False
+    transport.abort()
+    return True
+
+
 def create_app(db_path: Path, *, token: str | None = None, rate_per_second: float = 500.0,
-               burst: int = 100, faults: Faults | None = None, max_page: int = 1000) -> Starlette:
+               burst: int = 100, faults: Faults | None = None, max_page: int = 1000,
+               write_delay: float = 0.0) -> Starlette:
     init_db(db_path)
     limiter = _RateLimiter(rate_per_second, burst)
     faults = faults or Faults()
@@ -158,6 +173,8 @@ def create_app(db_path: Path, *, token: str | None = None, rate_per_second: floa
             if fault == "429":
                 return JSONResponse({"error": "rate limited"}, status_code=429, headers={"Retry-After": "0.05"})
             return JSONResponse({"error": "internal error"}, status_code=500)
+        if app.state.write_delay:  # adjustable while serving: tests widen it to stop a client mid-write
+            await asyncio.sleep(app.state.write_delay)
         results = []
         with write_lock, closing(db()) as con:
             con.execute("BEGIN IMMEDIATE")
@@ -167,7 +184,9 @@ def create_app(db_path: Path, *, token: str | None = None, rate_per_second: floa
         stats["writes"] += 1
         if fault == "drop":
             stats["faults"]["drop"] += 1
-            raise DroppedConnection()
+            if not _abort_connection(request):
+                raise DroppedConnection()
+            return JSONResponse({}, status_code=500)  # never reaches the client: the connection is gone
         return JSONResponse({"results": results})
 
     async def stats_endpoint(request: Request) -> JSONResponse:
@@ -179,6 +198,7 @@ def create_app(db_path: Path, *, token: str | None = None, rate_per_second: floa
         Route("/_sandbox/stats", stats_endpoint, methods=["GET"]),
     ])
     app.state.stats = stats
+    app.state.write_delay = write_delay
     return app
 
 

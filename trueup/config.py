@@ -174,6 +174,27 @@ class Tolerance(Strict):
     normalize: list[Literal["trim", "casefold", "collapse_space"]] = []
 
 
+class Approval(Strict):
+    """When a change must wait for a person's decision before it is written.
+
+    `when: always` holds every change; `decrease` / `increase` only a move in that direction of a
+    number, and only beyond `abs` and/or `rel` (relative to the current value) when given."""
+
+    when: Literal["always", "decrease", "increase"] = "always"
+    abs: float | None = Field(default=None, ge=0)
+    rel: float | None = Field(default=None, ge=0)
+    reason: str | None = None  # what the person deciding should know; a default names the rule
+
+
+def _approval_shorthand(v: Any) -> Any:
+    """`approval: true` means `approval: {when: always}`; `false` means none."""
+    if v is True:
+        return {}
+    if v is False:
+        return None
+    return v
+
+
 class FieldRule(Strict):
     owner: str
     fallback: list[str] = []
@@ -181,6 +202,9 @@ class FieldRule(Strict):
     tolerance: Tolerance | None = None
     targets: dict[str, Action] = {}
     severity: Severity = "medium"
+    approval: Approval | None = None
+
+    _approval = field_validator("approval", mode="before")(lambda cls, v: _approval_shorthand(v))
 
     @model_validator(mode="after")
     def _owner_not_target(self) -> "FieldRule":
@@ -194,6 +218,15 @@ class FieldRule(Strict):
 class CreateRule(Strict):
     roles: list[str] | None = None
     severity: Severity = "high"
+    approval: Approval | None = None
+
+    _approval = field_validator("approval", mode="before")(lambda cls, v: _approval_shorthand(v))
+
+    @model_validator(mode="after")
+    def _always(self) -> "CreateRule":
+        if self.approval is not None and self.approval.when != "always":
+            raise ValueError("a create's approval can only be `when: always` (there is no old value)")
+        return self
 
 
 class XrefRule(Strict):
@@ -305,6 +338,10 @@ def load_rules(path: str | Path, systems: SystemsConfig) -> RulesConfig:
                     bad(loc, f"unknown system {s!r}; known: {sorted(systems.systems)}")
                 elif s not in holders:
                     bad(loc, f"system {s!r} has no {dname} entity")
+            if rule.approval and rule.approval.when != "always":
+                dtype = DOMAINS[dname].type_of(fname)
+                if not (pa.types.is_decimal(dtype) or pa.types.is_integer(dtype) or pa.types.is_floating(dtype)):
+                    bad(loc + ("approval",), f"`when: {rule.approval.when}` needs a number; {fname} is {dtype}")
             for s, action in rule.targets.items():
                 if s in holders and fname not in systems.entity(s, dname).fields:
                     bad(loc, f"target {s!r} does not map field {fname!r}")

@@ -45,8 +45,9 @@ def summarise(run_id: str, *, dry_run: bool, read: pa.Table, quarantined: pa.Tab
 
 def render_markdown(summary: dict) -> str:
     lines = [f"# trueup run {summary['run_id']}" + (" (dry run: nothing written)" if summary["dry_run"] else ""), ""]
-    lines += ["| domain | system | read | quarantined | discrepancies | applied | unchanged | failed |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| domain | system | read | quarantined | discrepancies | applied | unchanged | awaiting approval "
+              "| failed |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for domain, d in summary["domains"].items():
         systems = sorted(set(d["read"]) | set(d["corrections"]))
         for s in systems:
@@ -54,7 +55,8 @@ def render_markdown(summary: dict) -> str:
             found = sum(d["discrepancies"].get(s, {}).values())
             failed = c.get("rejected", 0) + c.get("retryable_error", 0) + c.get("blocked", 0)
             lines.append(f"| {domain} | {s} | {d['read'].get(s, 0)} | {d['quarantined'].get(s, 0)} | {found} | "
-                         f"{c.get('applied', 0)} | {c.get('unchanged', 0)} | {failed} |")
+                         f"{c.get('applied', 0)} | {c.get('unchanged', 0)} | "
+                         f"{c.get('pending_approval', 0) + c.get('declined', 0)} | {failed} |")
     h = summary.get("headline")
     if h:
         risk = ", ".join(f"{c} {v:,.2f}" for c, v in h["revenue_at_risk"].items()) or "0"
@@ -66,6 +68,14 @@ def render_markdown(summary: dict) -> str:
                   f"revenue at risk from price mismatches {risk}",
                   f"- open discrepancies {h['open_discrepancies']} (oldest {h['oldest_open_days']} days); "
                   f"quarantined rows {h['quarantined_rows']}; stale sources: {', '.join(h['stale_sources']) or 'none'}"]
+    safety = summary.get("write_safety")
+    if safety:
+        lines += ["", "## Write-back safety", "",
+                  f"- changes retried this run: {safety['retried']} (attempts beyond the first: {safety['retries']})",
+                  f"- dead letters open: {safety['dead_letters_open']} (`trueup replay` re-plans and applies them)",
+                  f"- approvals pending: {safety['approvals_pending']} (`trueup approvals`), "
+                  f"declined by a decision this run: {safety['declined']}",
+                  f"- interrupted writes of earlier runs still unsettled: {safety['unsettled']}"]
     lines += ["", "## Discrepancies by kind", ""]
     for domain, d in summary["domains"].items():
         for s, kinds in d["discrepancies"].items():
@@ -124,6 +134,15 @@ def _first_table(store, names: tuple[str, ...], run_id: str) -> pa.Table | None:
     return None
 
 
+def _open_only(table: pa.Table | None) -> pa.Table | None:
+    """Dead letters still open (closed ones are history: resolved, superseded, obsolete)."""
+    if table is None or "status" not in table.column_names:
+        return table
+    import pyarrow.compute as pc
+
+    return table.filter(pc.equal(table.column("status"), "open"))
+
+
 def exception_report(store, warehouse, config, summary: dict, outcomes: pa.Table, reports_dir: Path,
                      *, domains: list[str], full_run: bool = True, at=None) -> tuple[Path, dict, dict]:
     """The run's HTML exception report with the rows behind every chart, the discrepancy history
@@ -149,7 +168,7 @@ def exception_report(store, warehouse, config, summary: dict, outcomes: pa.Table
         previous_runs=store.runs(), settings=config.settings.report,
         freshness_hours={s: f.max_age_hours for s, f in config.settings.freshness.items()},
         review_queue=_first_table(store, REVIEW_QUEUE_TABLES, run_id),
-        dead_letters=_first_table(store, DEAD_LETTER_TABLES, run_id))
+        dead_letters=_open_only(_first_table(store, DEAD_LETTER_TABLES, run_id)))
     figures, headline, kpis = insights.build(facts)
     store.record_kpis(run_id, kpis, at)
     path = htmlreport.write_html(run_id, at, summary["dry_run"], figures, headline, Path(reports_dir) / run_id)

@@ -2,7 +2,14 @@
 file by default; PostgreSQL in production), queryable with plain SQL.
 
 - runs         one row per run: mode, dry-run, status, figures
-- ledger       one row per attempted change: run, system, entity, key, field, old, new, outcome
+- ledger       one row per attempted change: run, system, entity, key, field, old, new, outcome,
+               attempts and retries. A change is journalled `attempting` before it is sent and gets
+               its outcome after, so a run killed in between leaves the truth: "sent, outcome
+               unknown". The next run that meets the same change settles that row: `applied` when
+               it finds the value in place, `interrupted` when the write had not landed.
+- dead_letters changes that kept failing after their retries, with the reason; open until a run
+               (or `replay_dead_letters`) applies them or finds them no longer needed
+- approvals    changes the rules hold for a person's decision: what, why, since when, who decided
 - quarantine   every row held out of reconciliation, with its full key and the reason
 - watermarks   per system and entity, the newest source change seen by a successful run
 - extracts     per run, system and entity: rows read and how old the source's data was (freshness)
@@ -48,9 +55,11 @@ ledger = sa.Table(
     sa.Column("action", sa.String(16)),
     sa.Column("old_value", sa.Text),
     sa.Column("new_value", sa.Text),
-    sa.Column("status", sa.String(24)),  # applied | unchanged | rejected | retryable_error | dry_run
+    # attempting | applied | unchanged | rejected | retryable_error | interrupted
+    sa.Column("status", sa.String(24)),
     sa.Column("error", sa.Text),
     sa.Column("attempts", sa.Integer),
+    sa.Column("retries", sa.Integer),
     sa.Column("rule", sa.String(256)),
     sa.Column("severity", sa.String(16)),
     sa.Column("at", sa.DateTime(timezone=True)),
@@ -70,6 +79,65 @@ quarantine = sa.Table(
     sa.Column("severity", sa.String(16)),
     sa.Column("at", sa.DateTime(timezone=True)),
 )
+
+dead_letters = sa.Table(
+    "dead_letters", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("change_id", sa.String(64), index=True),
+    sa.Column("system", sa.String(32)),
+    sa.Column("entity", sa.String(32)),
+    sa.Column("target_key", sa.String(256)),
+    sa.Column("golden_id", sa.String(64)),
+    sa.Column("field", sa.String(64)),
+    sa.Column("action", sa.String(16)),
+    sa.Column("old_value", sa.Text),
+    sa.Column("new_value", sa.Text),
+    sa.Column("rule", sa.String(256)),
+    sa.Column("severity", sa.String(16)),
+    sa.Column("reason", sa.Text),
+    sa.Column("attempts", sa.Integer),  # over every run that tried
+    sa.Column("failures", sa.Integer),  # runs that tried and failed
+    sa.Column("first_run_id", sa.String(64)),
+    sa.Column("last_run_id", sa.String(64)),
+    sa.Column("first_failed_at", sa.DateTime(timezone=True)),
+    sa.Column("last_failed_at", sa.DateTime(timezone=True)),
+    # open | resolved (applied or found in place) | superseded (another value was applied) |
+    # obsolete (re-planned: nothing left to change)
+    sa.Column("status", sa.String(16), index=True),
+    sa.Column("resolved_run_id", sa.String(64)),
+    sa.Column("resolved_at", sa.DateTime(timezone=True)),
+    sa.Column("note", sa.Text),
+)
+
+approvals = sa.Table(
+    "approvals", metadata,
+    sa.Column("change_id", sa.String(64), primary_key=True),
+    sa.Column("approval_id", sa.String(64), index=True),  # a create is one approval over its fields
+    sa.Column("system", sa.String(32)),
+    sa.Column("entity", sa.String(32)),
+    sa.Column("target_key", sa.String(256)),
+    sa.Column("golden_id", sa.String(64)),
+    sa.Column("field", sa.String(64)),
+    sa.Column("action", sa.String(16)),
+    sa.Column("old_value", sa.Text),
+    sa.Column("new_value", sa.Text),
+    sa.Column("rule", sa.String(256)),
+    sa.Column("severity", sa.String(16)),
+    sa.Column("reason", sa.Text),  # why it needs approval
+    # pending | approved | rejected | applied | superseded | obsolete
+    sa.Column("status", sa.String(16), index=True),
+    sa.Column("requested_run_id", sa.String(64)),
+    sa.Column("requested_at", sa.DateTime(timezone=True)),
+    sa.Column("last_seen_run_id", sa.String(64)),
+    sa.Column("decided_by", sa.String(128)),
+    sa.Column("decided_at", sa.DateTime(timezone=True)),
+    sa.Column("note", sa.Text),
+    sa.Column("applied_run_id", sa.String(64)),
+    sa.Column("applied_at", sa.DateTime(timezone=True)),
+)
+
+OPEN_APPROVAL = ("pending", "approved")
+FAILED = ("retryable_error",)
 
 watermarks = sa.Table(
     "watermarks", metadata,
@@ -161,6 +229,18 @@ class StateStore:
                 cur.execute("PRAGMA busy_timeout=30000")
                 cur.close()
         metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A state store made by an older trueup gains the columns added since (additive only)."""
+        insp = sa.inspect(self.engine)
+        with self.engine.begin() as c:
+            for table in metadata.sorted_tables:
+                have = {col["name"] for col in insp.get_columns(table.name)}
+                for col in table.columns:
+                    if col.name not in have:
+                        type_ = col.type.compile(dialect=self.engine.dialect)
+                        c.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {type_}'))
 
     # ---------------------------------------------------------- runs
 
@@ -178,33 +258,267 @@ class StateStore:
 
     # ---------------------------------------------------------- ledger
 
+    def _ledger_rows(self, run_id: str, entity: str, plan: pa.Table, by_id: dict, now) -> list[dict]:
+        rows = []
+        for p in _rows(plan):
+            o = by_id[p["change_id"]]
+            attempts = o["attempts"]
+            rows.append({
+                "run_id": run_id, "change_id": p["change_id"], "system": p["target_system"],
+                "entity": entity, "target_key": p["target_key"], "golden_id": p["golden_id"],
+                "field": p["field"], "action": p["action"], "old_value": p["old_value"],
+                "new_value": p["new_value"], "status": o["status"], "error": o["error"],
+                "attempts": attempts, "retries": max((attempts or 0) - 1, 0),
+                "rule": p["rule"], "severity": p["severity"], "at": now})
+        return rows
+
+    def _replace(self, c, run_id: str, rows: list[dict]) -> None:
+        ids = [r["change_id"] for r in rows]
+        for i in range(0, len(ids), 500):
+            c.execute(sa.delete(ledger).where(ledger.c.run_id == run_id,
+                                              ledger.c.change_id.in_(ids[i:i + 500])))
+        if rows:
+            c.execute(sa.insert(ledger), rows)
+
+    def record_attempting(self, run_id: str, entity: str, plan: pa.Table) -> None:
+        """Journal the changes about to be sent, before they are sent: if the run dies mid-write,
+        the ledger still says they were attempted."""
+        if plan.num_rows == 0:
+            return
+        by_id = {cid: {"status": "attempting", "error": None, "attempts": 1}
+                 for cid in plan.column("change_id").to_pylist()}
+        with self.engine.begin() as c:
+            self._replace(c, run_id, self._ledger_rows(run_id, entity, plan, by_id, _now()))
+
     def record(self, run_id: str, entity: str, plan: pa.Table, outcomes: pa.Table) -> None:
         """One ledger row per plan row with its outcome. Re-recording the same run replaces its
-        rows for those changes, so a re-executed step never doubles the ledger."""
+        rows for those changes, so a re-executed step never doubles the ledger.
+
+        Also settles what earlier runs left open for the same changes: `attempting` rows of a
+        killed run (in place now -> applied, else interrupted), dead letters (applied or found
+        in place -> resolved; another value applied to the same field -> superseded), and a
+        failed write opens or updates its dead letter."""
         if plan.num_rows == 0:
             return
         by_id = {r["change_id"]: r for r in _rows(outcomes)}
         now = _now()
-        rows = [{
-            "run_id": run_id, "change_id": p["change_id"], "system": p["target_system"],
-            "entity": entity, "target_key": p["target_key"], "golden_id": p["golden_id"],
-            "field": p["field"], "action": p["action"], "old_value": p["old_value"],
-            "new_value": p["new_value"], "status": by_id[p["change_id"]]["status"],
-            "error": by_id[p["change_id"]]["error"], "attempts": by_id[p["change_id"]]["attempts"],
-            "rule": p["rule"], "severity": p["severity"], "at": now,
-        } for p in _rows(plan)]
-        ids = [r["change_id"] for r in rows]
+        rows = self._ledger_rows(run_id, entity, plan, by_id, now)
         with self.engine.begin() as c:
+            self._replace(c, run_id, rows)
+            self._settle_attempts(c, run_id, rows, now)
+            self._dead_letter(c, run_id, rows, now)
+
+    def unsettled(self, run_id: str, entity: str, system: str) -> pa.Table:
+        """Changes earlier runs sent and never got an outcome for (the run died mid-write)."""
+        return self._arrow(sa.select(ledger).where(
+            ledger.c.run_id != run_id, ledger.c.entity == entity, ledger.c.system == system,
+            ledger.c.status == "attempting").order_by(ledger.c.id))
+
+    def settle(self, run_id: str, landed: list[int], not_landed: list[int]) -> None:
+        """Give interrupted attempts (by ledger id) the outcome a later look at the system found."""
+        with self.engine.begin() as c:
+            for ids, status, note in (
+                    (landed, "applied", f"run interrupted before the outcome was recorded; run {run_id} "
+                                        f"found the value in place"),
+                    (not_landed, "interrupted", f"run interrupted before the outcome was recorded; run "
+                                                f"{run_id} found the write had not landed")):
+                for i in range(0, len(ids), 500):
+                    c.execute(sa.update(ledger).where(ledger.c.id.in_(ids[i:i + 500]),
+                                                      ledger.c.status == "attempting")
+                              .values(status=status, error=note))
+
+    def _settle_attempts(self, c, run_id: str, rows: list[dict], now) -> None:
+        for status, note in (("unchanged", "applied"), ("applied", "interrupted")):
+            ids = [r["change_id"] for r in rows if r["status"] == status]
             for i in range(0, len(ids), 500):
-                c.execute(sa.delete(ledger).where(ledger.c.run_id == run_id,
-                                                  ledger.c.change_id.in_(ids[i:i + 500])))
-            c.execute(sa.insert(ledger), rows)
+                c.execute(sa.update(ledger).where(
+                    ledger.c.run_id != run_id, ledger.c.status == "attempting",
+                    ledger.c.change_id.in_(ids[i:i + 500])).values(
+                    status=note,
+                    error=(f"run interrupted before the outcome was recorded; run {run_id} found the "
+                           f"value in place" if note == "applied" else
+                           f"run interrupted before the outcome was recorded; the write had not landed "
+                           f"(run {run_id} applied it)")))
+
+    def _dead_letter(self, c, run_id: str, rows: list[dict], now) -> None:
+        done = [r for r in rows if r["status"] in ("applied", "unchanged")]
+        if done and self._has_open_dead_letters(c):
+            for r in done:  # the change set, not a table
+                c.execute(sa.update(dead_letters).where(
+                    dead_letters.c.status == "open", dead_letters.c.system == r["system"],
+                    dead_letters.c.entity == r["entity"], dead_letters.c.target_key == r["target_key"],
+                    dead_letters.c.field == r["field"]).values(
+                    status=sa.case((dead_letters.c.change_id == r["change_id"], "resolved"),
+                                   else_="superseded"),
+                    resolved_run_id=run_id, resolved_at=now,
+                    note="applied" if r["status"] == "applied" else "found in place"))
+        failed = [r for r in rows if r["status"] in FAILED
+                  or (r["status"] == "rejected" and (r["attempts"] or 0) > 0)]
+        for r in failed:
+            hit = c.execute(sa.update(dead_letters).where(
+                dead_letters.c.status == "open", dead_letters.c.change_id == r["change_id"]).values(
+                reason=r["error"], last_run_id=run_id, last_failed_at=now,
+                attempts=dead_letters.c.attempts + (r["attempts"] or 0),
+                failures=dead_letters.c.failures + 1))
+            if hit.rowcount == 0:
+                c.execute(sa.insert(dead_letters).values(
+                    change_id=r["change_id"], system=r["system"], entity=r["entity"],
+                    target_key=r["target_key"], golden_id=r["golden_id"], field=r["field"],
+                    action=r["action"], old_value=r["old_value"], new_value=r["new_value"],
+                    rule=r["rule"], severity=r["severity"], reason=r["error"],
+                    attempts=r["attempts"] or 0, failures=1, first_run_id=run_id, last_run_id=run_id,
+                    first_failed_at=now, last_failed_at=now, status="open"))
+
+    @staticmethod
+    def _has_open_dead_letters(c) -> bool:
+        return c.execute(sa.select(sa.func.count()).select_from(dead_letters)
+                         .where(dead_letters.c.status == "open")).scalar() > 0
 
     def ledger(self, run_id: str | None = None) -> pa.Table:
         stmt = sa.select(ledger)
         if run_id:
             stmt = stmt.where(ledger.c.run_id == run_id)
         return self._arrow(stmt.order_by(ledger.c.id))
+
+    # ---------------------------------------------------------- dead letters
+
+    def dead_letters(self, *, status: str | None = "open", entity: str | None = None) -> pa.Table:
+        stmt = sa.select(dead_letters)
+        if status:
+            stmt = stmt.where(dead_letters.c.status == status)
+        if entity:
+            stmt = stmt.where(dead_letters.c.entity == entity)
+        return self._arrow(stmt.order_by(dead_letters.c.id))
+
+    def close_dead_letters(self, ids: list[int], status: str, note: str, run_id: str) -> None:
+        """Close dead letters a replay found nothing left to do for."""
+        with self.engine.begin() as c:
+            for i in range(0, len(ids), 500):
+                c.execute(sa.update(dead_letters).where(
+                    dead_letters.c.id.in_(ids[i:i + 500]), dead_letters.c.status == "open").values(
+                    status=status, note=note, resolved_run_id=run_id, resolved_at=_now()))
+
+    # ---------------------------------------------------------- approvals
+
+    def approval_status(self, approval_ids: list[str]) -> dict[str, dict]:
+        """The latest decision per approval id: {approval_id: {status, decided_by, decided_at, note}}."""
+        out: dict[str, dict] = {}
+        ids = sorted(set(approval_ids))
+        with self.engine.connect() as c:
+            for i in range(0, len(ids), 500):
+                for r in c.execute(sa.select(approvals.c.approval_id, approvals.c.status, approvals.c.decided_by,
+                                             approvals.c.decided_at, approvals.c.note)
+                                   .where(approvals.c.approval_id.in_(ids[i:i + 500]))).mappings():
+                    out[r["approval_id"]] = dict(r)
+        return out
+
+    def request_approvals(self, run_id: str, entity: str, rows: list[dict]) -> None:
+        """Hold these plan rows (with approval_id and reason) for a decision. A change already
+        waiting keeps its request time; an older request for the same field or record that the
+        data has moved past is superseded."""
+        if not rows:
+            return
+        now = _now()
+        ids = [r["change_id"] for r in rows]
+        with self.engine.begin() as c:
+            known = set()
+            for i in range(0, len(ids), 500):
+                known |= set(c.execute(sa.select(approvals.c.change_id)
+                                       .where(approvals.c.change_id.in_(ids[i:i + 500]))).scalars())
+                c.execute(sa.update(approvals).where(approvals.c.change_id.in_(ids[i:i + 500]))
+                          .values(last_seen_run_id=run_id))
+                # proposed again after it had dropped out: it waits afresh
+                c.execute(sa.update(approvals).where(approvals.c.change_id.in_(ids[i:i + 500]),
+                                                     approvals.c.status.in_(("superseded", "obsolete")))
+                          .values(status="pending", requested_run_id=run_id, requested_at=now, note=None))
+            new = [r for r in rows if r["change_id"] not in known]
+            for r in new:  # the change set: supersede what this request replaces
+                same = [approvals.c.system == r["target_system"], approvals.c.entity == entity,
+                        approvals.c.target_key == r["target_key"], approvals.c.status.in_(OPEN_APPROVAL),
+                        approvals.c.approval_id != r["approval_id"]]
+                if r["action"] != "create":
+                    same.append(approvals.c.field == r["field"])
+                c.execute(sa.update(approvals).where(*same).values(
+                    status="superseded", note=f"superseded by a newer proposal in run {run_id}"))
+            if new:
+                c.execute(sa.insert(approvals), [{
+                    "change_id": r["change_id"], "approval_id": r["approval_id"], "system": r["target_system"],
+                    "entity": entity, "target_key": r["target_key"], "golden_id": r["golden_id"],
+                    "field": r["field"], "action": r["action"], "old_value": r["old_value"],
+                    "new_value": r["new_value"], "rule": r["rule"], "severity": r["severity"],
+                    "reason": r["approval_reason"], "status": "pending", "requested_run_id": run_id,
+                    "requested_at": now, "last_seen_run_id": run_id} for r in new])
+
+    def retire_approvals(self, run_id: str, entity: str, system: str, current: list[str]) -> None:
+        """Pending or approved requests of this system the latest plan no longer proposes."""
+        with self.engine.begin() as c:
+            open_ids = set(c.execute(sa.select(approvals.c.approval_id).where(
+                approvals.c.entity == entity, approvals.c.system == system,
+                approvals.c.status.in_(OPEN_APPROVAL))).scalars())
+            gone = sorted(open_ids - set(current))
+            for i in range(0, len(gone), 500):
+                c.execute(sa.update(approvals).where(approvals.c.approval_id.in_(gone[i:i + 500])).values(
+                    status="obsolete", note=f"no longer proposed by run {run_id}"))
+
+    def mark_approvals_applied(self, run_id: str, change_ids: list[str]) -> None:
+        now = _now()
+        with self.engine.begin() as c:
+            for i in range(0, len(change_ids), 500):
+                c.execute(sa.update(approvals).where(approvals.c.change_id.in_(change_ids[i:i + 500]),
+                                                     approvals.c.status == "approved")
+                          .values(status="applied", applied_run_id=run_id, applied_at=now))
+
+    def decide(self, approval_ids: list[str], decision: str, *, by: str, note: str | None = None) -> int:
+        """Approve or reject pending requests by approval id (or a unique prefix of one); returns
+        how many approvals were decided. Only pending requests can be decided."""
+        if decision not in ("approved", "rejected"):
+            raise ValueError(f"decision must be approved or rejected, not {decision!r}")
+        decided = 0
+        with self.engine.begin() as c:
+            for ref in approval_ids:
+                matches = set(c.execute(sa.select(approvals.c.approval_id).where(
+                    approvals.c.approval_id.startswith(ref, autoescape=True),
+                    approvals.c.status == "pending")).scalars())
+                if len(matches) != 1:
+                    raise KeyError(f"approval {ref!r}: {'no pending request' if not matches else 'ambiguous'}"
+                                   f" ({len(matches)} match)")
+                c.execute(sa.update(approvals).where(approvals.c.approval_id == matches.pop(),
+                                                     approvals.c.status == "pending")
+                          .values(status=decision, decided_by=by, decided_at=_now(), note=note))
+                decided += 1
+        return decided
+
+    def decide_all_pending(self, decision: str, *, by: str, note: str | None = None,
+                           entity: str | None = None) -> int:
+        with self.engine.connect() as c:
+            stmt = sa.select(approvals.c.approval_id).where(approvals.c.status == "pending").distinct()
+            if entity:
+                stmt = stmt.where(approvals.c.entity == entity)
+            ids = list(c.execute(stmt).scalars())
+        return self.decide(ids, decision, by=by, note=note) if ids else 0
+
+    def approvals(self, status: str | None = None) -> pa.Table:
+        stmt = sa.select(approvals)
+        if status:
+            stmt = stmt.where(approvals.c.status == status)
+        return self._arrow(stmt.order_by(approvals.c.requested_at, approvals.c.approval_id, approvals.c.field))
+
+    def safety_figures(self, run_id: str) -> dict[str, int]:
+        """What the report says about write-back safety for a run."""
+        with self.engine.connect() as c:
+            def count(stmt) -> int:
+                return int(c.execute(stmt).scalar() or 0)
+            return {
+                "retried": count(sa.select(sa.func.count()).select_from(ledger).where(
+                    ledger.c.run_id == run_id, ledger.c.retries > 0)),
+                "retries": count(sa.select(sa.func.sum(ledger.c.retries)).where(ledger.c.run_id == run_id)),
+                "dead_letters_open": count(sa.select(sa.func.count()).select_from(dead_letters).where(
+                    dead_letters.c.status == "open")),
+                "approvals_pending": count(sa.select(sa.func.count(sa.distinct(approvals.c.approval_id))).where(
+                    approvals.c.status == "pending")),
+                "unsettled": count(sa.select(sa.func.count()).select_from(ledger).where(
+                    ledger.c.status == "attempting", ledger.c.run_id != run_id)),
+            }
 
     # ---------------------------------------------------------- quarantine
 

@@ -10,12 +10,13 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from trueup import approvals
 from trueup.config import Config
 from trueup.duck import connect, fetch
 from trueup.mapping import ISSUE_SCHEMA, to_canonical
 from trueup.model import DOMAINS, OUTCOME_SCHEMA, PLAN_SCHEMA
 from trueup.state import StateStore
-from trueup.writeback import SystemClient, apply_plan
+from trueup.writeback import SystemClient, WriteResult, apply_plan, live_values
 
 log = logging.getLogger(__name__)
 
@@ -75,43 +76,130 @@ def stage(domain: str, raw: dict[str, pa.Table], config: Config,
                   pa.concat_tables(tombs) if tombs else schema.empty_table())
 
 
+def _outcome(change_ids, status: str, error, attempts: int) -> pa.Table:
+    n = len(change_ids)
+    errors = error if isinstance(error, list) else [error] * n
+    return pa.table({"change_id": pa.array(change_ids, pa.string()),
+                     "status": pa.array([status] * n, pa.string()),
+                     "error": pa.array(errors, pa.string()),
+                     "attempts": pa.array([attempts] * n, pa.int32())}, schema=OUTCOME_SCHEMA)
+
+
 def writeback(domain: str, plan: pa.Table, clients: dict[str, SystemClient], config: Config,
               state: StateStore, run_id: str, *, dry_run: bool = False,
-              blocked: dict[str, str] | None = None) -> pa.Table:
-    """Apply the plan to each target system and record every outcome in the ledger.
+              blocked: dict[str, str] | None = None, systems: list[str] | None = None,
+              whole_plan: bool = True) -> pa.Table:
+    """Apply the plan to each target system (or only `systems`) and record every outcome.
+
+    Before anything is written, changes the rules hold for approval are taken out: pending ones
+    wait in the approvals table (`pending_approval`), rejected ones are `declined`, approved ones
+    go through. Pass the whole domain plan even when applying one system: a change that refers to
+    a record another system has yet to create waits for that create.
 
     A system whose client fails as a whole (down, unreachable) gets `retryable_error` outcomes with
-    the reason and the other systems still complete. `blocked` maps a system to the reason nothing
-    may be written to it this run (a failed gate, a tripped breaker).
+    the reason (and dead letters) and the other systems still complete. `blocked` maps a system to
+    the reason nothing may be written to it this run (a failed gate, a tripped breaker).
+    `whole_plan=False` says the plan is a part (a replay): pending approvals it lacks stay pending.
     """
     blocked = blocked or {}
+    targets = sorted(set(plan.column("target_system").to_pylist()))
+    if systems is not None:
+        targets = [t for t in targets if t in systems]
+    if not targets:
+        return WRITEBACK_SCHEMA.empty_table()
+    gated = approvals.gate(domain, plan, config, state.approval_status(
+        approvals.classify(domain, plan, config).column("approval_id").to_pylist()) if plan.num_rows else {})
     outs = []
-    for system in sorted(set(plan.column("target_system").to_pylist())):
-        rows = plan.filter(pc.equal(plan.column("target_system"), system))
+    for system in targets:
+        rows = gated.filter(pc.equal(gated.column("target_system"), system))
         if dry_run or system in blocked:
             status = "dry_run" if dry_run else "blocked"
-            reason = None if dry_run else blocked[system]
-            outcome = pa.table({"change_id": rows.column("change_id"),
-                                "status": pa.array([status] * rows.num_rows, pa.string()),
-                                "error": pa.array([reason] * rows.num_rows, pa.string()),
-                                "attempts": pa.array([0] * rows.num_rows, pa.int32())}, schema=OUTCOME_SCHEMA)
+            outcome = _outcome(rows.column("change_id").to_pylist(), status,
+                               None if dry_run else blocked[system], 0)
             if not dry_run:  # a blocked change is a decision worth auditing; a dry run is not
                 state.record(run_id, domain, rows, outcome)
-        else:
-            try:
-                outcome = apply_plan(clients[system], system, domain, config.systems.entity(system, domain), rows)
-            except Exception as exc:  # the whole system failed: say so, keep the others going
-                log.error("write-back to %s.%s failed: %s", system, domain, exc)
-                outcome = pa.table({"change_id": rows.column("change_id"),
-                                    "status": pa.array(["retryable_error"] * rows.num_rows, pa.string()),
-                                    "error": pa.array([f"{system}.{domain}: {type(exc).__name__}: {exc}"[:500]]
-                                                      * rows.num_rows, pa.string()),
-                                    "attempts": pa.array([1] * rows.num_rows, pa.int32())}, schema=OUTCOME_SCHEMA)
-            state.record(run_id, domain, rows, outcome)
-        outs.append(_join(rows, outcome))
-    if not outs:
-        return WRITEBACK_SCHEMA.empty_table()
-    return pa.concat_tables(outs).cast(WRITEBACK_SCHEMA)
+            outs.append(_join(rows, outcome))
+            continue
+        try:
+            _settle_interrupted(domain, system, clients[system], config, state, run_id)
+        except Exception as exc:  # the system is down: its own write-back below says so
+            log.warning("could not settle interrupted writes to %s.%s: %s", system, domain, exc)
+        held = rows.filter(pc.is_in(rows.column("approval_status"), pa.array(approvals.HELD)))
+        go = rows.filter(pc.invert(pc.is_in(rows.column("approval_status"), pa.array(approvals.HELD))))
+        state.request_approvals(run_id, domain, held.filter(
+            pc.equal(held.column("approval_status"), "pending")).to_pylist())
+        if whole_plan:  # a part of a plan (a replay) cannot tell which proposals are gone
+            state.retire_approvals(run_id, domain, system,
+                                   rows.filter(pc.is_valid(rows.column("approval_reason")))
+                                   .column("approval_id").to_pylist())
+        held_out = _outcome(held.column("change_id").to_pylist(), "pending_approval",
+                            held.column("approval_note").to_pylist(), 0)
+        declined = pc.equal(held.column("approval_status"), "rejected")
+        held_out = held_out.set_column(1, "status", pc.if_else(declined, "declined", held_out.column("status")))
+        outs.append(_join(held, held_out))
+        if go.num_rows == 0:
+            continue
+        plan_rows = go.select(PLAN_SCHEMA.names)
+
+        recorded: dict[str, WriteResult] = {}  # outcomes the journal already put in the ledger
+
+        def journal(ids: list[str], results, _rows=plan_rows, _done=recorded) -> None:
+            part = _rows.filter(pc.is_in(_rows.column("change_id"), pa.array(ids, pa.string())))
+            if results is None:
+                state.record_attempting(run_id, domain, part)
+                return
+            by_id = dict(zip(ids, results))
+            cids = part.column("change_id").to_pylist()
+            state.record(run_id, domain, part, pa.table({
+                "change_id": cids, "status": [by_id[c].status for c in cids],
+                "error": [by_id[c].error for c in cids],
+                "attempts": [by_id[c].attempts for c in cids]}, schema=OUTCOME_SCHEMA))
+            _done.update(by_id)
+
+        try:
+            outcome = apply_plan(clients[system], system, domain, config.systems.entity(system, domain),
+                                 plan_rows, journal=journal)
+        except Exception as exc:  # the whole system failed: say so, keep the others going
+            log.error("write-back to %s.%s failed: %s", system, domain, exc)
+            error = f"{system}.{domain}: {type(exc).__name__}: {exc}"[:500]
+            cids = plan_rows.column("change_id").to_pylist()
+            outcome = pa.table({
+                "change_id": cids,
+                "status": [recorded[c].status if c in recorded else "retryable_error" for c in cids],
+                "error": [recorded[c].error if c in recorded else error for c in cids],
+                "attempts": [recorded[c].attempts if c in recorded else 1 for c in cids]}, schema=OUTCOME_SCHEMA)
+        # the journal recorded what was sent; this records the rest (unchanged, stale, failed whole)
+        rest = pc.invert(pc.is_in(plan_rows.column("change_id"), pa.array(list(recorded), pa.string())))
+        state.record(run_id, domain, plan_rows.filter(rest), outcome)
+        approved = go.filter(pc.equal(go.column("approval_status"), "approved"))
+        if approved.num_rows:
+            applied = outcome.filter(pc.equal(outcome.column("status"), "applied")).column("change_id")
+            state.mark_approvals_applied(run_id, [c for c in approved.column("change_id").to_pylist()
+                                                  if c in set(applied.to_pylist())])
+        outs.append(_join(plan_rows, outcome))
+    return pa.concat_tables([o.select(WRITEBACK_SCHEMA.names).cast(WRITEBACK_SCHEMA) for o in outs])
+
+
+def _settle_interrupted(domain: str, system: str, client: SystemClient, config: Config, state: StateStore,
+                        run_id: str) -> None:
+    """Earlier runs' writes that died in flight: look at the system and record whether each landed.
+    (The ones the current plan still holds are settled by its own outcome as well.)"""
+    open_ = state.unsettled(run_id, domain, system)
+    if open_.num_rows == 0:
+        return
+    open_ = open_.rename_columns(["target_system" if c == "system" else c for c in open_.column_names])
+    live = live_values(client, system, domain, config.systems.entity(system, domain), open_)
+    con = connect()
+    con.register("a", open_)
+    con.register("lv", live)
+    judged = fetch(con, """
+        SELECT a.id, coalesce(lv.live_value IS NOT DISTINCT FROM a.new_value
+                              AND (lv.source_key IS NOT NULL), FALSE) AS landed
+        FROM a LEFT JOIN lv ON lv.source_key = a.target_key AND lv.field = a.field""")
+    con.close()
+    landed = pc.equal(judged.column("landed"), True)
+    state.settle(run_id, judged.filter(landed).column("id").to_pylist(),
+                 judged.filter(pc.invert(landed)).column("id").to_pylist())
 
 
 def _join(plan: pa.Table, outcome: pa.Table) -> pa.Table:
@@ -131,3 +219,98 @@ def discrepancy_counts(plan: pa.Table) -> pa.Table:
                         FROM plan GROUP BY ALL ORDER BY target_system, changes DESC, field""")
     con.close()
     return out
+
+
+def match_staged(domain: str, staged: Staged, config: Config, crosswalk: pa.Table | None, *,
+                 issues: pa.Table | None = None, previous_links: pa.Table | None = None,
+                 decisions: pa.Table | None = None):
+    """Match as the nightly run does: probabilistic links for records without a usable
+    cross-reference (earlier decisions reused), then clusters with stable golden ids.
+    Returns (matched, crosswalk, matching result or None)."""
+    from trueup import matching, reconcile
+
+    res = matching.match_domain(domain, staged.table, config, previous=previous_links, decisions=decisions)
+    links, apart = (res.link_keys(), res.held()) if res is not None else (None, None)
+    matched, crosswalk = reconcile.match(domain, staged.table, crosswalk,
+                                        staged.issues if issues is None else issues, links=links, apart=apart)
+    return matched, crosswalk, res
+
+
+def plan_domain(domain: str, raw: dict[str, pa.Table], config: Config, crosswalk: pa.Table | None,
+                as_of=None, *, previous_links: pa.Table | None = None, decisions: pa.Table | None = None,
+                tombstones: pa.Table | None = None) -> tuple[pa.Table, pa.Table]:
+    """Stage, match, survive and plan one domain from fresh extracts, exactly as the nightly run
+    would (same matching memory, same tombstones): (plan, crosswalk)."""
+    from trueup import reconcile
+
+    staged = stage(domain, raw, config)
+    matched, crosswalk, _ = match_staged(domain, staged, config, crosswalk, previous_links=previous_links,
+                                         decisions=decisions)
+    golden = reconcile.build_golden(domain, matched, config, as_of or datetime.now(timezone.utc).date())
+    if tombstones is None:
+        tombstones = staged.tombstones
+    return reconcile.build_plan(domain, matched, golden, config, tombstones), crosswalk
+
+
+def replay_dead_letters(domain: str, raw: dict[str, pa.Table], clients: dict[str, SystemClient],
+                        config: Config, state: StateStore, run_id: str,
+                        crosswalk: pa.Table | None, **memory) -> dict[str, int]:
+    """Re-plan the domain's open dead letters against current values and apply what is still
+    needed; a stored value is never re-sent as is. A dead letter whose field the fresh plan no
+    longer changes is closed as obsolete (it landed after all, or the data moved on); one whose
+    field now needs another value gets that value (and is closed as superseded).
+
+    `raw`: fresh extracts of every system holding the domain. Returns figures: open, replayed
+    (written again), applied, still_failing, found_in_place (had landed after all), obsolete,
+    held (waiting for approval). `memory`: the nightly's matching memory and tombstones
+    (`previous_links`, `decisions`, `tombstones`), so the re-plan is the plan the nightly would make."""
+    open_ = state.dead_letters(status="open", entity=domain)
+    figures = {"open": open_.num_rows, "replayed": 0, "applied": 0, "still_failing": 0, "obsolete": 0,
+               "found_in_place": 0, "held": 0}
+    if open_.num_rows == 0:
+        return figures
+    plan, _ = plan_domain(domain, raw, config, crosswalk, **memory)
+    con = connect()
+    con.register("plan", plan)
+    con.register("dl", open_)
+    # a field of a record, or a whole record to create, that a dead letter names
+    replan = fetch(con, """
+        SELECT p.* FROM plan p WHERE EXISTS (
+          SELECT 1 FROM dl WHERE dl.system = p.target_system AND dl.target_key = p.target_key
+            AND (dl.field = p.field OR (dl.action = 'create' AND p.action = 'create')))""")
+    gone = fetch(con, """
+        SELECT dl.id FROM dl WHERE NOT EXISTS (
+          SELECT 1 FROM plan p WHERE dl.system = p.target_system AND dl.target_key = p.target_key
+            AND (dl.field = p.field OR (dl.action = 'create' AND p.action = 'create')))""")
+    con.close()
+    # nothing left to change: the failed attempt may have landed after all (a dropped connection
+    # after the write); then the ledger says so and the dead letter is resolved, else obsolete
+    gone_rows = open_.filter(pc.is_in(open_.column("id"), gone.column("id")))
+    landed_ids: set[int] = set()
+    for system in sorted(set(gone_rows.column("system").to_pylist())):
+        rows = gone_rows.filter(pc.equal(gone_rows.column("system"), system))
+        rows = rows.rename_columns(["target_system" if c == "system" else c for c in rows.column_names])
+        live = live_values(clients[system], system, domain, config.systems.entity(system, domain), rows)
+        now = {(r["source_key"], r["field"]): r["live_value"] for r in live.to_pylist()}
+        landed = [r for r in rows.to_pylist() if (r["target_key"], r["field"]) in now
+                  and now[(r["target_key"], r["field"])] == r["new_value"]]
+        if landed:
+            part = pa.Table.from_pylist(landed).select(
+                [c for c in PLAN_SCHEMA.names if c in rows.column_names])
+            state.record(run_id, domain, part, _outcome(
+                [r["change_id"] for r in landed], "unchanged",
+                "found in place on replay: the attempt reported as failed had landed", 0))
+            landed_ids |= {r["id"] for r in landed}
+    state.close_dead_letters([i for i in gone.column("id").to_pylist() if i not in landed_ids], "obsolete",
+                             "re-planned against current values: nothing left to change", run_id)
+    figures["obsolete"] = gone.num_rows - len(landed_ids)
+    figures["found_in_place"] = len(landed_ids)
+    if replan.num_rows:
+        out = writeback(domain, replan.cast(PLAN_SCHEMA), clients, config, state, run_id,
+                        systems=sorted(set(open_.column("system").to_pylist())), whole_plan=False)
+        status = out.column("status").to_pylist()
+        figures["replayed"] = sum(s not in ("pending_approval", "declined") for s in status)
+        figures["applied"] = sum(s in ("applied", "unchanged") for s in status)
+        figures["still_failing"] = sum(s in ("retryable_error", "rejected") for s in status)
+        figures["held"] = sum(s in ("pending_approval", "declined") for s in status)
+    return figures

@@ -1,6 +1,11 @@
 """Apply a plan to one system safely: compare with the live values first, write only what still
 needs writing, and report one outcome per plan row.
 
+Writes go out in the client's batch size (`write_batch`); around each batch `journal` is told
+the change ids about to be sent (before) and their results (after), so the ledger can say
+"attempting" before anything leaves and the outcome once it is known: a run killed mid-apply
+leaves an honest record, and the compare-before-write makes its rerun skip what had landed.
+
 The flow is the same for every kind of system; the client supplies three verbs:
 `fetch_live(entity, keys)` (current source rows for those keys), `write(entity, ops)` (one
 outcome per operation) and the mapping it was configured with.
@@ -17,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import pyarrow as pa
 
@@ -88,28 +93,45 @@ def split_key(key: str, mapping: EntityMap) -> dict[str, str]:
     return dict(zip(cols, parts))
 
 
-def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMap,
-               plan: pa.Table) -> pa.Table:
-    """Apply the plan rows of one system and entity; return one outcome per row (OUTCOME_SCHEMA)."""
-    if plan.num_rows == 0:
-        return OUTCOME_SCHEMA.empty_table()
-    domain = DOMAINS[entity]
+Journal = Callable[[list[str], "list[WriteResult] | None"], None]
+
+
+def live_values(client: SystemClient, system: str, entity: str, mapping: EntityMap,
+                plan: pa.Table) -> pa.Table:
+    """The system's current canonical values of the plan's (key, field) pairs, as text:
+    (source_key, field, live_value); a key the system does not hold has no rows, and a held key
+    has a row per field even when the value is null."""
     keys = sorted(set(plan.column("target_key").to_pylist()))
     live_raw = client.fetch_live(entity, keys)
     live = to_canonical(live_raw, system=system, entity=entity, mapping=mapping).staged
-
-    # live canonical values as text, long form: (key, field, live_value, exists)
     fields = sorted(set(plan.column("field").to_pylist()))
     con = connect()
-    con.register("plan", plan)
     con.register("live", live)
     unpivot = " UNION ALL ".join(
         f"SELECT source_key, '{f}' AS field, CAST(\"{f}\" AS VARCHAR) AS live_value FROM live"
         for f in fields if f in live.column_names
-    ) or "SELECT NULL::VARCHAR AS source_key, NULL::VARCHAR AS field, NULL::VARCHAR AS live_value WHERE FALSE"
-    judged = fetch(con, f"""
-        WITH lv AS ({unpivot}),
-        present AS (SELECT DISTINCT source_key FROM live)
+    )
+    # a held record with no mapped field in the plan still counts as present
+    unpivot = (unpivot + " UNION ALL " if unpivot else "") + \
+        "SELECT source_key, NULL AS field, NULL AS live_value FROM live"
+    out = fetch(con, f"SELECT DISTINCT * FROM ({unpivot})")
+    con.close()
+    return out
+
+
+def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMap,
+               plan: pa.Table, journal: Journal | None = None) -> pa.Table:
+    """Apply the plan rows of one system and entity; return one outcome per row (OUTCOME_SCHEMA).
+    `journal(change_ids, None)` is called before a batch is sent, `journal(change_ids, results)`
+    after (results per change id, in order)."""
+    if plan.num_rows == 0:
+        return OUTCOME_SCHEMA.empty_table()
+    domain = DOMAINS[entity]
+    con = connect()
+    con.register("plan", plan)
+    con.register("lv", live_values(client, system, entity, mapping, plan))
+    judged = fetch(con, """
+        WITH present AS (SELECT DISTINCT source_key FROM lv)
         SELECT p.*, lv.live_value, p.target_key IN (SELECT source_key FROM present) AS exists_live,
           CASE
             WHEN p.action = 'create' AND p.target_key NOT IN (SELECT source_key FROM present) THEN 'write'
@@ -157,11 +179,18 @@ def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMa
     for op in ops.values():
         op.idempotency_key = _idempotency_key(op.change_ids)
     op_list = list(ops.values())
-    if op_list:
-        results = client.write(entity, op_list)
-        for op, res in zip(op_list, results, strict=True):
+    size = max(1, int(getattr(client, "write_batch", 500)))
+    for i in range(0, len(op_list), size):
+        batch = op_list[i:i + size]
+        ids = [cid for op in batch for cid in op.change_ids]
+        if journal:
+            journal(ids, None)
+        results = client.write(entity, batch)
+        for op, res in zip(batch, results, strict=True):
             for cid in op.change_ids:
                 outcomes[cid] = res
+        if journal:
+            journal(ids, [outcomes[c] for c in ids])
     ids = plan.column("change_id").to_pylist()
     return pa.table(
         {

@@ -78,8 +78,15 @@ def test_report_numbers_equal_the_plan_and_the_ledger(demo_run):
     assert ledger_status and summary["headline"]["applied"] == ledger_status.get("applied", 0)
     corrections = {(r["domain"], r["system"], r["outcome"]): int(r["changes"])
                    for r in _csv(out / "data" / "corrections_summary.csv")}
-    assert corrections == {(e, s, "applied"): n for e, s, n in con.execute(
-        "SELECT entity, system, count(*) FROM ledger WHERE status = 'applied' GROUP BY ALL").fetchall()}
+    # ... and the changes waiting for approval (write-back outcomes: nothing was sent, so no ledger row)
+    wb = pa.concat_tables([pq.read_table(p) for p in sorted((home / "warehouse").glob("*_writeback.parquet"))],
+                          promote_options="permissive")
+    con.register("wb", wb)
+    waiting = {(d, s, "pending approval"): n for d, s, n in con.execute(
+        "SELECT domain, target_system, count(*) FROM wb WHERE status = 'pending_approval' GROUP BY ALL").fetchall()}
+    assert waiting and summary["headline"]["pending_approval"] == sum(waiting.values())
+    assert corrections == {**{(e, s, "applied"): n for e, s, n in con.execute(
+        "SELECT entity, system, count(*) FROM ledger WHERE status = 'applied' GROUP BY ALL").fetchall()}, **waiting}
 
     # inventory variance per warehouse: |WMS - ERP| on-hand from the plan's adjustments
     inv = {w: (u, n) for w, u, n in con.execute(

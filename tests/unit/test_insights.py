@@ -103,14 +103,15 @@ def test_report_reads_review_queue_dead_letters_and_approvals_when_present_and_d
     summary = {"run_id": "r1", "dry_run": False}
     _, headline, _ = report.exception_report(store, Warehouse(tmp_path / "wh"), config, summary, out,
                                              tmp_path / "reports", domains=["customer"])
-    assert headline["review_queue"] is None and headline["dead_letters"] is None
+    # the state store keeps its dead letters table from the start (write-back safety): none open
+    assert headline["review_queue"] is None and headline["dead_letters"] == 0
     assert (headline["applied"], headline["pending_approval"], headline["failed"]) == (1, 1, 1)
 
     with store.engine.begin() as c:
         c.execute(sa.text("CREATE TABLE review_queue (run_id TEXT, left_key TEXT, right_key TEXT)"))
         c.execute(sa.text("INSERT INTO review_queue VALUES ('r2', 'a', 'b'), ('r2', 'c', 'd'), ('r1', 'e', 'f')"))
-        c.execute(sa.text("CREATE TABLE dead_letters (change_id TEXT, run_id TEXT)"))
-        c.execute(sa.text("INSERT INTO dead_letters VALUES ('x', 'r2')"))
+        # one open dead letter and one a later run resolved: the report counts what is open
+        c.execute(sa.text("INSERT INTO dead_letters (change_id, status) VALUES ('x', 'open'), ('y', 'resolved')"))
     path, headline, _ = report.exception_report(store, Warehouse(tmp_path / "wh"), config,
                                                 {"run_id": "r2", "dry_run": False}, out, tmp_path / "reports",
                                                 domains=["customer"])

@@ -45,8 +45,9 @@ class SqlSystem:
     """One SQL system (an ERP database, say) as trueup sees it."""
 
     def __init__(self, name: str, url: str, config: SystemConfig, *, max_attempts: int = 4,
-                 engine: sa.Engine | None = None):
+                 engine: sa.Engine | None = None, write_batch: int = BATCH):
         self.name = name
+        self.write_batch = write_batch
         self.config = config
         self.max_attempts = max_attempts
         self.engine = engine or sa.create_engine(url, future=True)
@@ -117,8 +118,8 @@ class SqlSystem:
         with a retryable error (deadlock, serialization, lock) is retried with backoff."""
         em = self.config.entities[entity]
         results: list[WriteResult] = []
-        for i in range(0, len(ops), BATCH):
-            batch = ops[i:i + BATCH]
+        for i in range(0, len(ops), self.write_batch):
+            batch = ops[i:i + self.write_batch]
             for attempt in range(1, self.max_attempts + 1):
                 try:
                     with self.engine.begin() as conn:

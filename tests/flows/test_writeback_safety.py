@@ -1,0 +1,116 @@
+"""Write-back that never loses or doubles a change, against the CRM sandbox over HTTP and the
+demo ERP database: faults, dead letters and replay, a run killed mid-apply, dropped connections."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sandbox.crm import Faults, serve
+from sandbox.wms import WmsSandbox
+from tests.conftest import REPO
+from tests.flows.crash_child import DOMAINS, clients
+from tests.helpers import Flow, _waiting, check_against_plan, crm_write_counts, fault_drill
+from trueup.systems.rest import RestSystem
+from trueup.writeback import WriteOp
+
+
+def test_faults_end_applied_or_dead_lettered_and_replay_converges(home, config):
+    f = fault_drill(home, config, rate=0.2, seed=11)
+    assert f["faults_429"] + f["faults_500"] + f["faults_drop"] > 0
+    assert f["attempted_crm"] > 50 and f["retried"] > 0
+    # with max_attempts=2 and this seed some batches fail twice: there is something to replay
+    assert f["dead_lettered"] > 0
+    assert f["lost"] == 0 and f["doubled"] == 0
+    # the replay re-planned every dead letter: written again, or closed as no longer needed
+    assert f["replayed"] + f["replay_found_in_place"] + f["replay_obsolete"] >= f["dead_lettered"]
+    assert f["replay_still_failing"] == 0 and f["open_dead_letters_after_replay"] == 0
+    assert f["lost_after_replay"] == 0 and f["doubled_after_replay"] == 0
+    assert f["still_planned_after_replay"] == 0  # converged: only approvals still wait
+    # a replay re-plans a part of the plan: it leaves the approvals waiting as they were
+    assert f["approvals_pending_after_replay"] == f["approvals_pending_before_replay"] > 0
+
+
+def test_dropped_connection_is_a_transport_error_and_the_idempotency_key_prevents_doubling(home, config):
+    db = home / "demo" / "crm" / "crm.sqlite"
+    with closing(sqlite3.connect(db)) as con:
+        acc, city = con.execute("SELECT id, city FROM accounts ORDER BY id LIMIT 1").fetchone()
+    op = WriteOp(key=acc, key_values={"id": acc}, action="update", values={"city": f"{city} X"},
+                 change_ids=["c1"], idempotency_key="k-drop-1")
+    with serve(db, faults=Faults(write_fault_rate=1.0, kinds=("drop",), seed=1)) as srv:
+        crm = RestSystem("crm", srv.url, config.systems.systems["crm"], max_attempts=3,
+                         backoff_initial=0.001, backoff_max=0.01)
+        [res] = crm.write("customer", [op])
+        crm.close()
+        assert srv.stats["faults"]["drop"] == 3  # every attempt reached the server and was cut off
+    assert res.status == "retryable_error" and "disconnected" in res.error.lower()
+    with serve(db) as srv:  # the connection is back: the same change, the same key
+        crm = RestSystem("crm", srv.url, config.systems.systems["crm"])
+        [again] = crm.write("customer", [op])
+        crm.close()
+    assert again.status == "applied"
+    assert crm_write_counts(home)[("accounts", acc, "city")] == 1  # applied once, by the first attempt
+
+
+def test_run_killed_mid_apply_then_rerun_applies_each_change_exactly_once(home, config):
+    flow = Flow(home, config)
+    db = home / "demo" / "crm" / "crm.sqlite"
+    with serve(db, write_delay=0.05) as srv:
+        c = clients(home, config, srv.url)
+        plans = {d: flow.plan(d, c)[0] for d in DOMAINS}
+        child = subprocess.Popen([sys.executable, "-m", "tests.flows.crash_child", str(home), srv.url, "killed"],
+                                 cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        deadline = time.monotonic() + 120
+        while sum(crm_write_counts(home).values()) < 8:  # some batches landed, most not yet
+            assert child.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # widen the window so the kill lands while a batch is journalled but not yet answered
+        srv.app.state.write_delay = 2.0
+        while "attempting" not in flow.state.ledger("killed").column("status").to_pylist():
+            assert child.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        srv.app.state.write_delay = 0.0
+        time.sleep(0.2)  # the batch in flight may still land server-side: as in real life
+        killed = flow.state.ledger("killed")
+        statuses = killed.column("status").to_pylist()
+        assert "attempting" in statuses and "applied" in statuses  # died in the middle, and says so
+        written_before = sum(crm_write_counts(home).values())
+
+        from tests.flows.crash_child import run
+        run(home, srv.url, "rerun")
+        WmsSandbox(home / "demo" / "wms").process_inbound()
+
+        ledger = flow.state.ledger()
+        led = ledger.filter(pc.is_in(ledger.column("run_id"), pa.array(["killed", "rerun"])))
+        stuck = led.filter(pc.equal(led.column("status"), "attempting"))
+        rerun_of_stuck = led.filter(pc.and_(pc.equal(led.column("run_id"), "rerun"),
+                                            pc.is_in(led.column("change_id"), stuck.column("change_id"))))
+        assert stuck.num_rows == 0, (stuck.to_pylist()[:3], rerun_of_stuck.to_pylist()[:3])  # all settled
+        applied = led.filter(pc.equal(led.column("status"), "applied")).column("change_id").to_pylist()
+        assert len(applied) == len(set(applied))  # each change applied once across both runs
+        held = set(flow.state.approvals().column("change_id").to_pylist())
+        wanted = {p["change_id"] for d in DOMAINS for p in plans[d].to_pylist()
+                  if p["change_id"] not in held and not _waiting(p, plans)}
+        assert set(applied) == wanted  # ... and every planned change was applied (none lost)
+        # the killed run's attempts now tell what happened to them
+        settled = led.filter(pc.equal(led.column("run_id"), "killed")).column("status").to_pylist()
+        assert set(settled) <= {"applied", "interrupted", "unchanged"}
+        assert sum(crm_write_counts(home).values()) > written_before
+        assert check_against_plan(home, config, c, plans, flow.state) == {"lost": 0, "doubled": 0}
+        for d in DOMAINS:  # the exact state the plan asked for: nothing left to change
+            left = [p for p in flow.plan(d, c)[0].to_pylist() if p["change_id"] not in held
+                    and not _waiting(p, plans)]
+            assert left == [], left[:5]
+        c["crm"].close()

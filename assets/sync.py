@@ -123,9 +123,11 @@ def sync_writeback_asset(domain: str, system: str, partitions) -> dg.AssetsDefin
         days = rows.select(["change_id", PARTITION])
         resource = getattr(context.resources, system)
         dry = _is_dry_run(context)
-        # the same write-back path as the nightly run (live compare, ledger, retries)
-        out = steps.writeback(domain, rows.drop_columns([PARTITION]), {system: resource.client(cfg)}, cfg,
-                              context.resources.state.store(), context.run_id, dry_run=dry)
+        # the same write-back path as the nightly run (live compare, approvals, ledger, retries,
+        # dead letters); the whole domain plan goes in so a change that refers to a record another
+        # system has yet to create (or that waits for approval) waits with it
+        out = steps.writeback(domain, plan.drop_columns([PARTITION]), {system: resource.client(cfg)}, cfg,
+                              context.resources.state.store(), context.run_id, dry_run=dry, systems=[system])
         if out.num_rows and not dry:
             resource.after_writeback()
         out = out.join(days, "change_id").sort_by([("target_key", "ascending"), ("field", "ascending")])

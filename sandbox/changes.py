@@ -59,6 +59,10 @@ def simulate_day(root: str | Path, share: float = 0.01, seed: int = 1, at: datet
         acc = pd.read_sql("SELECT id, erp_number, type FROM accounts WHERE coalesce(deleted, 'false') <> 'true' "
                           "AND erp_number IS NOT NULL", crm)
         ec = pd.read_sql("SELECT customer_number, credit_status, is_active FROM erp_customer", erp)
+        # an ERP number two CRM accounts claim (a duplicate or wrongly keyed account, see the
+        # matching cases) is ambiguous: its ground truth is the matcher's business, not the day's
+        claimed = acc["erp_number"].value_counts()
+        acc = acc[acc["erp_number"].map(claimed) == 1]
         acc = acc.merge(ec, left_on="erp_number", right_on="customer_number")
         acc = acc[acc["is_active"] == 1].sample(frac=1.0, random_state=seed).reset_index(drop=True)
         n = max(4, int(round(len(acc) * share)))

@@ -75,7 +75,11 @@ def test_run_killed_mid_apply_then_rerun_applies_each_change_exactly_once(home, 
             time.sleep(0.01)
         # widen the window so the kill lands while a batch is journalled but not yet answered
         srv.app.state.write_delay = 2.0
-        while "attempting" not in flow.state.ledger("killed").column("status").to_pylist():
+        def crm_batch_in_flight() -> bool:  # a CRM batch (now held 2 s by the sandbox) is journalled
+            led = flow.state.ledger("killed").to_pylist()
+            return any(r["status"] == "attempting" and r["system"] == "crm" for r in led)
+
+        while not crm_batch_in_flight():
             assert child.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline
             time.sleep(0.01)

@@ -180,17 +180,24 @@ def writeback_asset(domain: str, system: str) -> dg.AssetsDefinition:
                               blocked={system: f"gate failed: {blocked[system]}"} if system in blocked else None)
         if out.num_rows and not dry_run and system not in blocked:
             resource.after_writeback()
-        by_status = dict(zip(*out.group_by("status").aggregate([("change_id", "count")]).to_pydict().values()))
-        context.add_output_metadata({"changes": out.num_rows, **{f"changes_{k}": v for k, v in by_status.items()},
-                                     **({"blocked": blocked[system]} if system in blocked else {})})
-        failed = out.filter(pc.equal(out.column("status"), "retryable_error"))
-        sent = out.filter(pc.invert(pc.is_in(out.column("status"), pa.array(["pending_approval", "declined"]))))
-        if failed.num_rows and failed.num_rows == sent.num_rows:
-            # nothing got through: the system is down; fail this step loudly, the others go on
-            raise dg.Failure(
-                description=f"write-back to {system} ({domain}) failed for all {failed.num_rows} changes: "
-                            f"{failed.column('error')[0].as_py()}",
-                metadata={"changes": out.num_rows})
+        report_outcomes(context, domain, system, out, {"blocked": blocked[system]} if system in blocked else {})
         return out
 
     return writeback
+
+
+def report_outcomes(context: dg.AssetExecutionContext, domain: str, system: str, out: pa.Table,
+                    extra: dict | None = None) -> None:
+    """Outcome counts as metadata; a step whose every sent change failed retryably fails loudly
+    (the system is down) while the other systems' steps go on. Changes held for approval or
+    declined were never sent, so they do not count either way."""
+    by_status = dict(zip(*out.group_by("status").aggregate([("change_id", "count")]).to_pydict().values()))
+    context.add_output_metadata({"changes": out.num_rows, **{f"changes_{k}": v for k, v in by_status.items()},
+                                 **(extra or {})})
+    failed = out.filter(pc.equal(out.column("status"), "retryable_error"))
+    sent = out.filter(pc.invert(pc.is_in(out.column("status"), pa.array(["pending_approval", "declined"]))))
+    if failed.num_rows and failed.num_rows == sent.num_rows:
+        raise dg.Failure(
+            description=f"write-back to {system} ({domain}) failed for all {failed.num_rows} changes: "
+                        f"{failed.column('error')[0].as_py()}",
+            metadata={"changes": out.num_rows})

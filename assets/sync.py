@@ -15,6 +15,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from assets.reconcile import report_outcomes
 from trueup import incremental, steps
 from trueup.incremental import PARTITION
 from trueup.reconcile import CROSSWALK_SCHEMA
@@ -131,14 +132,7 @@ def sync_writeback_asset(domain: str, system: str, partitions) -> dg.AssetsDefin
         if out.num_rows and not dry:
             resource.after_writeback()
         out = out.join(days, "change_id").sort_by([("target_key", "ascending"), ("field", "ascending")])
-        by_status = dict(zip(*out.group_by("status").aggregate([("change_id", "count")]).to_pydict().values()))
-        context.add_output_metadata({"changes": out.num_rows, **{f"changes_{k}": v for k, v in by_status.items()}})
-        failed = out.filter(pc.equal(out.column("status"), "retryable_error"))
-        if failed.num_rows and failed.num_rows == out.num_rows:
-            raise dg.Failure(
-                description=f"write-back to {system} ({domain}) failed for all {failed.num_rows} changes: "
-                            f"{failed.column('error')[0].as_py()}",
-                metadata={"changes": out.num_rows})
+        report_outcomes(context, domain, system, out)
         return out
 
     return _writeback

@@ -10,8 +10,9 @@ CTE in SQLite) in a database of its own (`trueup_bench`; a file for SQLite), the
 reads all of it into one Arrow table in a fresh subprocess, so the peak RSS (ru_maxrss) belongs to
 that method alone. Methods:
 
-    trueup      trueup.systems.sql_arrow.read_arrow: the path the SQL adapter takes
-    adbc        ADBC (PostgreSQL, SQLite)
+    trueup      trueup.systems.sql_arrow.read_arrow: the path the SQL adapter takes (on PostgreSQL
+                a large table in page ranges over several ADBC connections sharing one snapshot)
+    adbc        ADBC (PostgreSQL, SQLite), one connection
     connectorx  connectorx (PostgreSQL, MariaDB)
     duckdb      DuckDB's postgres/mysql/sqlite scanner extensions from the PyPI packages
                 duckdb-ext-{postgres,mysql,sqlite}, built for DuckDB 1.4.4: run with the python of
@@ -158,7 +159,9 @@ def _read(kind: str, method: str, url: str, table: str, limit: int | None = None
 
     engine = sa.create_engine(url)
     stmt = sa.text(query)
-    read = read_arrow(engine, stmt, method=None if method == "trueup" else method)
+    # the adapter's full extract names its table, which lets PostgreSQL's read go parallel
+    read = read_arrow(engine, stmt, method=None if method == "trueup" else method,
+                      table=None if limit or method != "trueup" else table)
     engine.dispose()
     if method == "trueup" and not limit:
         print(json.dumps({"chosen": read.method}), file=sys.stderr)

@@ -72,9 +72,10 @@ class SqlSystem:
         t = self._table(em)
         cols = self._columns(em)
         stmt = sa.select(*[t.c[c] for c in cols])
-        if since is not None and em.updated_at:
+        whole = since is None or not em.updated_at
+        if not whole:
             stmt = stmt.where(t.c[em.updated_at] > sa.bindparam("since", self._timestamp(since)))
-        read = read_arrow(self.engine, stmt)
+        read = read_arrow(self.engine, stmt, table=em.table if whole else None)
         self.last_read_method = read.method
         return read.table
 

@@ -4,7 +4,8 @@ Measured (bench/extract_throughput.py, figures in docs/architecture.md): the per
 costs seconds per million rows, an Arrow-native driver a fraction of that. So a full read takes
 the fastest robust path of its dialect and falls back to a server-side cursor read in chunks:
 
-    postgresql   ADBC (libpq, binary COPY into Arrow)     -> server-side cursor, chunked
+    postgresql   ADBC (libpq, binary COPY into Arrow); a large table in ctid ranges over
+                 several connections sharing one exported snapshot -> server-side cursor, chunked
     sqlite       ADBC (the SQLite C API into Arrow)       -> cursor, chunked
     mysql/maria  connectorx (the MySQL protocol in Rust) -> server-side cursor, chunked
     others       server-side cursor, chunked
@@ -19,6 +20,8 @@ is UTF-8 whatever the script.
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -29,6 +32,10 @@ import sqlalchemy as sa
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 50_000
+# A PostgreSQL table of at least this many 8 KiB pages (64 MiB) is read in parallel ctid ranges:
+# below it the extra connections cost more than they save (bench/extract_throughput.py).
+PARALLEL_MIN_PAGES = 8192
+PARALLEL_MAX_READERS = 4
 
 
 @dataclass
@@ -61,12 +68,16 @@ def fast_method(engine: sa.Engine) -> str | None:
     return None
 
 
-def read_arrow(engine: sa.Engine, stmt: sa.Executable, *, method: str | None = None) -> ArrowRead:
+def read_arrow(engine: sa.Engine, stmt: sa.Executable, *, method: str | None = None,
+               table: str | None = None, readers: int | None = None) -> ArrowRead:
     """The statement's rows as one Arrow table, by the fastest path that works here.
 
     `method` forces a path ('adbc', 'connectorx', 'cursor'); by default the dialect's fast path is
     tried first and any failure of it (a driver missing, a type it cannot carry) falls back to the
-    cursor, with a warning that names the reason but never the URL.
+    cursor, with a warning that names the reason but never the URL. `table` says the statement is a
+    plain select of that one table (no WHERE of its own): on PostgreSQL a large one is then read by
+    `readers` connections at once (default: the cores, at most PARALLEL_MAX_READERS), each a range
+    of its pages, all in one snapshot so the result is one consistent read.
     """
     compiled = stmt.compile(dialect=engine.dialect)
     has_params = bool(compiled.params) and any(v is not None for v in compiled.params.values())
@@ -76,6 +87,9 @@ def read_arrow(engine: sa.Engine, stmt: sa.Executable, *, method: str | None = N
             sql = str(stmt.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": False}))
             if has_params:
                 raise ValueError("the Arrow-native paths run only statements without values")
+            if chosen == "adbc" and table and dialect_of(engine) == "postgresql" and isinstance(stmt, sa.Select):
+                got, parts = _read_adbc_postgres_parallel(engine, stmt, table, readers)
+                return ArrowRead(normalize(got), "adbc" if parts == 1 else f"adbc x{parts}")
             reader = {"adbc": _read_adbc, "connectorx": _read_connectorx}[chosen]
             return ArrowRead(normalize(reader(engine, sql)), chosen)
         except Exception as exc:  # noqa: BLE001 - any failure of the fast path falls back
@@ -127,23 +141,99 @@ def _read_adbc_postgres(con, sql: str) -> pa.Table:
     """ADBC's own NUMERIC decoding costs more than the rest of a row together (measured: 2.5 s of
     4.1 s for a million 5-column rows), PostgreSQL's text output of it far less: so NUMERIC
     columns travel as text and become decimal128(p, s) here, from the typmod of a zero-row probe."""
+    probe, wrap = _numeric_as_text(con, sql)
+    with con.cursor() as cur:
+        cur.execute(wrap(sql))
+        return _numeric_from_text(cur.fetch_arrow_table(), probe)
+
+
+def _numeric_as_text(con, sql: str):
+    """The query's zero-row schema, and a function that wraps a query of that shape so its
+    NUMERIC columns come back as text."""
     with con.cursor() as cur:
         cur.execute(f"SELECT * FROM ({sql}) AS q LIMIT 0")
         probe = cur.fetch_arrow_table().schema
-        numeric = [f.name for f in probe if (f.metadata or {}).get(b"POSTGRESQL:type") == b"numeric"]
-        if numeric:
-            cols = ", ".join(f"CAST(q.{_qi(f.name)} AS text) AS {_qi(f.name)}" if f.name in numeric
-                             else f"q.{_qi(f.name)}" for f in probe)
-            sql = f"SELECT {cols} FROM ({sql}) AS q"
-        cur.execute(sql)
-        table = cur.fetch_arrow_table()
-    for name in numeric:
-        typmod = int((probe.field(name).metadata or {}).get(b"POSTGRESQL:typmod", b"-1") or -1)
-        dec = _decimal_of_typmod(typmod)
+    numeric = {f.name for f in probe if (f.metadata or {}).get(b"POSTGRESQL:type") == b"numeric"}
+    if not numeric:
+        return probe, lambda q: q
+    cols = ", ".join(f"CAST(q.{_qi(f.name)} AS text) AS {_qi(f.name)}" if f.name in numeric
+                     else f"q.{_qi(f.name)}" for f in probe)
+    return probe, lambda q: f"SELECT {cols} FROM ({q}) AS q"
+
+
+def _numeric_from_text(table: pa.Table, probe: pa.Schema) -> pa.Table:
+    for f in probe:
+        if (f.metadata or {}).get(b"POSTGRESQL:type") != b"numeric":
+            continue
+        dec = _decimal_of_typmod(int((f.metadata or {}).get(b"POSTGRESQL:typmod", b"-1") or -1))
         if dec is not None:
-            i = table.schema.get_field_index(name)
-            table = table.set_column(i, pa.field(name, dec), pc.cast(table.column(i), dec))
+            i = table.schema.get_field_index(f.name)
+            table = table.set_column(i, pa.field(f.name, dec), pc.cast(table.column(i), dec))
     return table
+
+
+def _read_adbc_postgres_parallel(engine: sa.Engine, stmt: sa.Select, table: str,
+                                 readers: int | None) -> tuple[pa.Table, int]:
+    """A large table read as page (ctid) ranges by several connections at once, as DuckDB's
+    postgres scanner does: the first connection exports its snapshot and the others import it, so
+    the parts are one consistent read of the table even while it is being written. A small table,
+    a view or a server before 14 (no TID range scans) is read by one connection."""
+    import adbc_driver_postgresql.dbapi as adbc
+
+    url = _driver_url(engine, "postgresql")
+    first = adbc.connect(url, autocommit=True)  # transactions below are explicit
+    cons = [first]
+    try:
+        with first.cursor() as cur:
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            cur.execute("SELECT c.relkind, pg_relation_size(c.oid) / current_setting('block_size')::int, "
+                        "current_setting('server_version_num')::int FROM pg_class c WHERE c.oid = to_regclass($1)",
+                        (table,))
+            kind, pages, version = cur.fetchone() or (None, 0, 0)
+        n = min(readers or min(os.cpu_count() or 1, PARALLEL_MAX_READERS), max(1, (pages or 0) // PARALLEL_MIN_PAGES))
+        sql = str(stmt.compile(dialect=engine.dialect))
+        if kind not in ("r", "m") or version < 140000 or n < 2:
+            return _read_adbc_postgres(first, sql), 1
+        with first.cursor() as cur:
+            cur.execute("SELECT pg_export_snapshot()")
+            snapshot = cur.fetchone()[0]
+        for _ in range(n - 1):
+            con = adbc.connect(url, autocommit=True)
+            cons.append(con)
+            with con.cursor() as cur:
+                cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                cur.execute(f"SET TRANSACTION SNAPSHOT '{_snapshot_id(snapshot)}'")
+        probe, wrap = _numeric_as_text(first, sql)
+        bounds = [pages * i // n for i in range(n)] + [None]
+
+        def part(i: int) -> pa.Table:
+            # bounds are integers this function computed: no value comes from outside
+            cond = f"ctid >= '({bounds[i]},0)'::tid" + (f" AND ctid < '({bounds[i + 1]},0)'::tid"
+                                                        if bounds[i + 1] is not None else "")
+            part_sql = str(stmt.where(sa.text(cond)).compile(dialect=engine.dialect))
+            with cons[i].cursor() as cur:
+                cur.execute(wrap(part_sql))
+                return _numeric_from_text(cur.fetch_arrow_table(), probe)
+
+        with ThreadPoolExecutor(n) as pool:  # the drivers and Arrow's casts release the GIL
+            parts = list(pool.map(part, range(n)))
+        return pa.concat_tables(parts), n
+    finally:
+        for con in cons:
+            try:
+                with con.cursor() as cur:
+                    cur.execute("ROLLBACK")  # read only: nothing to keep
+            except Exception:  # noqa: BLE001,S110 - closing anyway
+                pass
+            con.close()
+
+
+def _snapshot_id(snapshot: str) -> str:
+    """A snapshot id as PostgreSQL prints them (hex groups and dashes), checked before it is put
+    into SET TRANSACTION SNAPSHOT, which takes no bound parameter."""
+    if not snapshot or any(ch not in "0123456789ABCDEFabcdef-" for ch in snapshot):
+        raise ValueError(f"unexpected snapshot id from the server: {snapshot!r}")
+    return snapshot
 
 
 def _qi(name: str) -> str:

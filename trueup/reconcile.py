@@ -139,12 +139,15 @@ def match(
 
 
 def _pick(field: str, rule: FieldRule, system_order: list[str]) -> tuple[str, str]:
-    """SQL for the surviving value of `field` and for the system it came from."""
+    """SQL for the surviving value of `field` and for the system it came from.
+
+    "Newest first" is the rank `__rk` build_golden gives every record once (one sort of the
+    table), so each candidate is an arg_min over it, not an ordered aggregate per field and system
+    (which sorts every group again for every field: measured ~3x the time of the whole query)."""
     f = q(field)
-    newest = "ORDER BY source_updated_at DESC NULLS LAST, source_key"
 
     def from_system(s: str) -> str:
-        return f"first({f} {newest}) FILTER (WHERE source_system = {_lit(s)} AND {f} IS NOT NULL)"
+        return f"arg_min({f}, __rk) FILTER (WHERE source_system = {_lit(s)} AND {f} IS NOT NULL)"
 
     candidates = [(rule.owner, from_system(rule.owner))]
     others = rule.fallback or []
@@ -152,10 +155,13 @@ def _pick(field: str, rule: FieldRule, system_order: list[str]) -> tuple[str, st
         candidates += [(s, from_system(s)) for s in others]
     elif others:
         allowed = "source_system IN (" + ", ".join(_lit(s) for s in others) + f") AND {f} IS NOT NULL"
-        order = newest if rule.strategy == "most_recent" else (
-            f"ORDER BY length(CAST({f} AS VARCHAR)) DESC, source_updated_at DESC NULLS LAST")
-        candidates.append(("*", f"first({f} {order}) FILTER (WHERE {allowed})"))
-        src_expr = f"first(source_system {order}) FILTER (WHERE {allowed})"
+        if rule.strategy == "most_recent":
+            candidates.append(("*", f"arg_min({f}, __rk) FILTER (WHERE {allowed})"))
+            src_expr = f"arg_min(source_system, __rk) FILTER (WHERE {allowed})"
+        else:  # most complete: the longest value, the newest of equals
+            rank = f"(-length(CAST({f} AS VARCHAR)), __rk)"
+            candidates.append(("*", f"arg_min({f}, {rank}) FILTER (WHERE {allowed})"))
+            src_expr = f"arg_min(source_system, {rank}) FILTER (WHERE {allowed})"
     value = "coalesce(" + ", ".join(c for _, c in candidates) + ")"
     whens = []
     for s, c in candidates:
@@ -190,13 +196,15 @@ def build_golden(domain: str, matched: pa.Table, config: Config, as_of: date) ->
         cols.append("coalesce(" + ", ".join(
             f"first(parent_golden_id) FILTER (WHERE source_system = {_lit(s)} AND parent_golden_id IS NOT NULL)"
             for s in order) + ") AS parent_golden_id")
-    cols.append("list(DISTINCT source_system ORDER BY source_system) AS systems")
+    cols.append("list_sort(list_distinct(list(source_system))) AS systems")
     # a cluster formed by a cross-reference: if it points nowhere, that is an exception, not a create
     cols.append("bool_or(match_key IS NOT NULL) AS keyed")
     cols.append("max(source_updated_at) AS source_updated_at")
     con = connect()
     con.register("matched", matched)
-    golden = f"SELECT {', '.join(cols)} FROM matched WHERE NOT held GROUP BY golden_id"
+    ranked = ("SELECT *, row_number() OVER (ORDER BY source_updated_at DESC NULLS LAST, source_key, "
+              "source_system) AS __rk FROM matched WHERE NOT held")
+    golden = f"SELECT {', '.join(cols)} FROM ({ranked}) GROUP BY golden_id"
     if domain == "price" and rules.expire_after_valid_to:
         golden = (f"SELECT * REPLACE (active AND (valid_to IS NULL OR valid_to >= $1::DATE) AS active) "
                   f"FROM ({golden})")

@@ -73,3 +73,23 @@ def test_a_failed_fast_path_never_logs_the_password(caplog):
     with pytest.raises(Exception):
         read_arrow(engine, sa.select(sa.column("a")).select_from(sa.table("t")))
     assert caplog.records and all("Sup3rSecret" not in r.getMessage() for r in caplog.records)
+
+
+def test_sqlite_columns_that_start_null_stay_on_the_fast_path(tmp_path):
+    # ADBC guesses a column that starts with NULLs as INT64, then meets text: the column is read
+    # as text instead of the whole table falling back to the per-row cursor
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    with engine.begin() as c:
+        c.exec_driver_sql("CREATE TABLE t (k TEXT PRIMARY KEY, parent TEXT, valid_to DATE, qty INTEGER)")
+        c.exec_driver_sql("WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 5000) "
+                          "INSERT INTO t SELECT 'C' || n, CASE WHEN n > 4000 THEN 'P' || n END, "
+                          "CASE WHEN n > 4500 THEN '2027-01-31' END, n FROM g")
+        c.exec_driver_sql("INSERT INTO t VALUES ('Z', 12345, NULL, 7)")  # a number in a text column
+    t = sa.table("t", sa.column("k"), sa.column("parent"), sa.column("valid_to"), sa.column("qty"))
+    read = read_arrow(engine, sa.select(t.c.k, t.c.parent, t.c.valid_to, t.c.qty))
+    assert read.method == "adbc"
+    rows = {r["k"]: r for r in read.table.to_pylist()}
+    assert len(rows) == 5001 and read.table.column_names == ["k", "parent", "valid_to", "qty"]
+    assert rows["C1"] == {"k": "C1", "parent": None, "valid_to": None, "qty": 1}
+    assert rows["C4999"]["parent"] == "P4999" and rows["C4999"]["valid_to"] == "2027-01-31"
+    assert rows["Z"]["parent"] == "12345" and rows["Z"]["qty"] == 7

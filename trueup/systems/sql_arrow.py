@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
@@ -36,6 +37,7 @@ CHUNK_ROWS = 50_000
 # below it the extra connections cost more than they save (bench/extract_throughput.py).
 PARALLEL_MIN_PAGES = 8192
 PARALLEL_MAX_READERS = 4
+_SQLITE_MISMATCH = re.compile(r"Type mismatch in column (\d+)")
 
 
 @dataclass
@@ -125,16 +127,51 @@ def _read_adbc(engine: sa.Engine, sql: str) -> pa.Table:
             return _read_adbc_postgres(con, sql)
         finally:
             con.close()
-    else:
-        import adbc_driver_sqlite.dbapi as adbc
+    import adbc_driver_sqlite.dbapi as adbc
 
-        con = adbc.connect(engine.url.database)
+    con = adbc.connect(engine.url.database)
     try:
-        with con.cursor() as cur:
-            cur.execute(sql)
-            return cur.fetch_arrow_table()
+        return _read_adbc_sqlite(con, sql)
     finally:
         con.close()
+
+
+def _read_adbc_sqlite(con, sql: str) -> pa.Table:
+    """SQLite types values, not columns: ADBC infers a column's type from its first rows, and a
+    column whose first rows are NULL (a parent number, a valid-to date) is guessed INT64 and then
+    meets text. Such a column is read again with a text sentinel row in front, so ADBC sees text
+    first (and turns later numbers into text, which the mapping parses like every source's text),
+    instead of giving the whole read up to the per-row cursor."""
+    as_text: set[int] = set()
+    names: list[str] | None = None
+    while True:
+        query = sql
+        if as_text:
+            sentinel = ", ".join(("'' AS " if i in as_text else "NULL AS ") + _qi(n) for i, n in enumerate(names))
+            query = (f"SELECT 1 AS __trueup_sentinel, {sentinel} "
+                     f"UNION ALL SELECT NULL, q.* FROM ({sql}) AS q")
+        try:
+            with con.cursor() as cur:
+                cur.execute(query)
+                table = cur.fetch_arrow_table()
+        except Exception as exc:  # noqa: BLE001 - only a type guess is retried, anything else raises
+            m = _SQLITE_MISMATCH.search(str(exc))
+            if not m:
+                raise
+            if names is None:
+                with con.cursor() as cur:
+                    cur.execute(f"SELECT * FROM ({sql}) AS q LIMIT 0")
+                    names = cur.fetch_arrow_table().column_names
+            column = int(m.group(1)) - (1 if as_text else 0)  # the sentinel flag is column 0
+            if column in as_text or not 0 <= column < len(names):
+                raise
+            as_text.add(column)
+            continue
+        if not as_text:
+            return table
+        if table.num_rows == 0 or table.column(0)[0].as_py() != 1:
+            raise RuntimeError("SQLite returned the sentinel row out of place")
+        return table.slice(1).drop_columns(["__trueup_sentinel"])
 
 
 def _read_adbc_postgres(con, sql: str) -> pa.Table:

@@ -67,6 +67,23 @@ def _typed(domain: Domain, field: str, v: str) -> str:
     return f"NULLIF(trim(CAST({v} AS VARCHAR)), '')"
 
 
+def _native(domain: Domain, field: str, v: str, raw_type: pa.DataType) -> str | None:
+    """SQL for `v` when the source already delivers the canonical type (a SQL driver's integers,
+    decimals, timestamps): a cast, not a round trip through text. None when text is the way."""
+    t = domain.type_of(field)
+    if pa.types.is_decimal(t) and (pa.types.is_integer(raw_type) or pa.types.is_decimal(raw_type)):
+        return f"TRY_CAST({v} AS DECIMAL({t.precision},{t.scale}))"
+    if pa.types.is_integer(t) and pa.types.is_integer(raw_type):
+        return f"CAST({v} AS BIGINT)"
+    if pa.types.is_timestamp(t) and pa.types.is_timestamp(raw_type):
+        return f"CAST({v} AS TIMESTAMPTZ)"  # naive means UTC: the session's zone
+    if pa.types.is_date(t) and pa.types.is_date(raw_type):
+        return f"CAST({v} AS DATE)"
+    if pa.types.is_boolean(t) and pa.types.is_boolean(raw_type):
+        return v
+    return None
+
+
 def _timestamp(v: str) -> str:
     # naive source timestamps are UTC by convention; aware ones keep their offset
     return f"TRY_CAST(NULLIF(trim(CAST({v} AS VARCHAR)), '') AS TIMESTAMPTZ)"
@@ -118,18 +135,24 @@ def to_canonical(
         elif fm.transform == "phone_e164":
             phone_fields[field] = fm.column
             select.append(f"{text} AS {q('__phone_' + field)}")
+            # the digits once per row (without an extension), not once per use below
+            select.append(f"regexp_replace(regexp_replace({text}, '\\s*(x|ext\\.?)\\s*[0-9]+$', '', 'i'), "
+                          f"'[^0-9]', '', 'g') AS {q('__digits_' + field)}")
             continue
         else:
+            native = None
             if fm.transform == "upper":
                 text = f"upper({text})"
             elif fm.transform == "lower":
                 text = f"lower({text})"
             elif fm.transform == "trim":
                 text = f"NULLIF(regexp_replace({text}, '\\s+', ' ', 'g'), '')"
-            expr = _typed(domain, field, text)
+            else:
+                native = _native(domain, field, src, raw.schema.field(fm.column).type)
+            expr = native or _typed(domain, field, text)
             if not pa.types.is_string(domain.type_of(field)):
-                bad[field] = (fm.column, f"({text} IS NOT NULL AND ({expr}) IS NULL)",
-                              f"not a valid {domain.type_of(field)}")
+                given = f"{src} IS NOT NULL" if native else f"{text} IS NOT NULL"
+                bad[field] = (fm.column, f"({given} AND ({expr}) IS NULL)", f"not a valid {domain.type_of(field)}")
         select.append(f"{expr} AS {q(field)}")
     for field, (_, cond, _) in bad.items():
         select.append(f"{cond} AS {q('__bad_' + field)}")
@@ -137,7 +160,11 @@ def to_canonical(
     key_cols = mapping.key_columns
     key_expr = "concat_ws('|', " + ", ".join(f"trim(CAST(src.{q(k)} AS VARCHAR))" for k in key_cols) + ")"
     null_key = " OR ".join(f"NULLIF(trim(CAST(src.{q(k)} AS VARCHAR)), '') IS NULL" for k in key_cols)
-    updated = _timestamp(f"src.{q(mapping.updated_at)}") if mapping.updated_at else "NULL::TIMESTAMPTZ"
+    updated = "NULL::TIMESTAMPTZ"
+    if mapping.updated_at:
+        col = f"src.{q(mapping.updated_at)}"
+        updated = (f"CAST({col} AS TIMESTAMPTZ)" if pa.types.is_timestamp(raw.schema.field(mapping.updated_at).type)
+                   else _timestamp(col))
 
     con = connect()
     con.register("src_raw", raw)
@@ -151,8 +178,7 @@ def to_canonical(
     # phone numbers need the row's (already normalised) country for their calling code
     phone_select = []
     for field in phone_fields:
-        raw_col = f"a.{q('__phone_' + field)}"
-        digits = f"regexp_replace(regexp_replace({raw_col}, '\\s*(x|ext\\.?)\\s*[0-9]+$', '', 'i'), '[^0-9]', '', 'g')"
+        raw_col, digits = f"a.{q('__phone_' + field)}", f"a.{q('__digits_' + field)}"
         e164 = (
             f"CASE WHEN {raw_col} IS NULL THEN NULL "
             f"WHEN {raw_col} LIKE '+%' THEN '+' || {digits} "
@@ -161,10 +187,6 @@ def to_canonical(
             f"WHEN cc.calling_code IS NOT NULL THEN '+' || cc.calling_code || ltrim({digits}, '0') END"
         )
         phone_select.append(f"{e164} AS {q(field)}")
-        phone_select.append(
-            f"({raw_col} IS NOT NULL AND NOT coalesce(regexp_full_match({e164}, '\\+[1-9][0-9]{{6,14}}'), FALSE)) "
-            f"AS {q('__bad_' + field)}"
-        )
         bad[field] = (phone_fields[field], None, "not a phone number that can be written as E.164")
     country_ref = "a.country" if "country" in mapping.fields else "NULL"
     key_fields = list(domain.natural_key)
@@ -176,16 +198,19 @@ def to_canonical(
     out_cols = [f"a.{q(f)}" if f in mapping.fields and f not in phone_fields else
                 (f"NULL::{_sql_type(domain, f)} AS {q(f)}" if f not in phone_fields else q(f))
                 for f in domain.field_names]
+    bad_cols = [f"b.{q('__bad_' + f)}" if f not in phone_fields else
+                f"(b.{q('__phone_' + f)} IS NOT NULL AND NOT coalesce(regexp_full_match(b.{q(f)}, "
+                f"'\\+[1-9][0-9]{{6,14}}'), FALSE)) AS {q('__bad_' + f)}" for f in bad]
     sql = (
-        f"WITH a AS ({stage_a}), b AS (SELECT a.*, " + (", ".join(phone_select) + ", " if phone_select else "")
-        + f"count(*) OVER (PARTITION BY a.source_key) AS __dupes FROM a "
+        f"WITH a AS ({stage_a}), b AS (SELECT a.*" + ("".join(", " + x for x in phone_select))
+        + " FROM a "
         + (f"LEFT JOIN calling_codes AS cc ON cc.alpha2 = {country_ref}" if phone_select else "")
         + f") SELECT {p(system)} AS source_system, b.source_key, "
         + match_expr.replace("a.", "b.") + " AS match_key, "
         + f"{p(extracted_at)}::TIMESTAMPTZ AS extracted_at, b.source_updated_at, "
         + ", ".join(c.replace("a.", "b.") for c in out_cols)
-        + (", " + ", ".join(f"b.{q('__bad_' + f)}" for f in bad) if bad else "")
-        + ", b.__dupes FROM b"
+        + (", " + ", ".join(bad_cols) if bad else "")
+        + " FROM b"
     )
     table = fetch(con, sql, params)
 
@@ -198,9 +223,11 @@ def to_canonical(
             f"'{problem}' AS problem FROM mapped WHERE {q('__bad_' + field)}"
         )
     parts.append("SELECT source_key, match_key, NULL, NULL, 'no key' FROM mapped WHERE source_key IS NULL")
+    # a hash aggregate of the key alone: a window over every column cost more than the mapping
     parts.append(
-        "SELECT source_key, match_key, NULL, NULL, 'duplicate key (' || __dupes || ' rows)' "
-        "FROM mapped WHERE source_key IS NOT NULL AND __dupes > 1"
+        "SELECT m.source_key, m.match_key, NULL, NULL, 'duplicate key (' || d.n || ' rows)' "
+        "FROM mapped m JOIN (SELECT source_key, count(*) AS n FROM mapped WHERE source_key IS NOT NULL "
+        "GROUP BY source_key HAVING count(*) > 1) d ON d.source_key = m.source_key"
     )
     issues = fetch(
         con,
@@ -211,8 +238,8 @@ def to_canonical(
     )
     staged = fetch(
         con,
-        "SELECT * EXCLUDE (__dupes" + "".join(f", {q('__bad_' + f)}" for f in bad) + ") "
-        "FROM mapped WHERE source_key IS NOT NULL",
+        ("SELECT * EXCLUDE (" + ", ".join(q('__bad_' + f) for f in bad) + ") " if bad else "SELECT * ")
+        + "FROM mapped WHERE source_key IS NOT NULL",
     )
     con.close()
     return Mapped(staged=staged.cast(domain.schema), issues=issues.cast(ISSUE_SCHEMA))

@@ -816,9 +816,13 @@ def inject_matching_cases(seed: int, n: int, erp_c: pd.DataFrame, crm_c: pd.Data
     # a wrong key: the CRM's ERP number points at another customer of the same country
     idx = take(sold, n)
     others = erp_c[(erp_c["role"] == "sold_to") & ~erp_c.index.isin(list(used_c))]
+    # the candidates' columns once, not per case (at a large distributor's size that loop was
+    # quadratic: thousands of cases x 200,000 names split again each time)
+    o_country, o_erp = others["country"].to_numpy(), others["erp"].to_numpy()
+    o_first = others["name"].str.split(" ").str[0].to_numpy()
     for i in idx:
-        pool = others[(others["country"] == crm_c.at[i, "country"]) & (others["erp"] != crm_c.at[i, "erp"])
-                      & (others["name"].str.split(" ").str[0] != crm_c.at[i, "name"].split(" ")[0])]
+        pool = others[(o_country == crm_c.at[i, "country"]) & (o_erp != crm_c.at[i, "erp"])
+                      & (o_first != crm_c.at[i, "name"].split(" ")[0])]
         wrong = pool["erp"].iloc[int(rng.integers(0, len(pool)))]
         mt.append({"domain": "customer", "kind": "xref_wrong", "system": "crm", "key": crm_c.at[i, "crm_id"],
                    "anchor_key": crm_c.at[i, "erp"], "expect": "held"})

@@ -1,6 +1,7 @@
 """Incremental sync vs the full run, on one demo landscape after a simulated day of edits.
 
     uv run python bench/incremental.py --scale 10 --share 0.01
+    uv run python bench/incremental.py --size large --share 0.01   # the scale benchmark's landscape
 
 Builds the demo at `scale`, reconciles it fully twice (systems in agreement, crosswalk and
 watermarks set), simulates a day of edits on `share` of the records, then times, each in a fresh
@@ -122,6 +123,8 @@ def _child(mode: str, home: Path, lookback: float = 0) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", type=float, default=10)
+    p.add_argument("--size", choices=["small", "medium", "large"],
+                   help="use bench/landscape.py's cached landscape of that size instead of --scale")
     p.add_argument("--share", type=float, default=0.01)
     p.add_argument("--work", default="/tmp/trueup-bench-incremental")
     p.add_argument("--lookback-minutes", type=float, default=0.0,
@@ -144,8 +147,17 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     base = work / "base"
     t = time.perf_counter()
-    meta = build(base / "demo", scale=args.scale, seed=7)
-    print(f"built scale {args.scale} in {time.perf_counter() - t:.0f}s: {json.dumps(meta['sizes'])}", flush=True)
+    if args.size:
+        from bench.landscape import landscape
+
+        src = landscape(args.size)
+        shutil.copytree(src, base / "demo")
+        meta = json.loads((src / "landscape.json").read_text())
+        print(f"copied the {args.size} landscape in {time.perf_counter() - t:.0f}s: {json.dumps(meta['sizes'])}",
+              flush=True)
+    else:
+        meta = build(base / "demo", scale=args.scale, seed=7)
+        print(f"built scale {args.scale} in {time.perf_counter() - t:.0f}s: {json.dumps(meta['sizes'])}", flush=True)
     for i in (1, 2):  # the first fixes the injected discrepancies, the second reads its echo
         f = _child("full", base)
         print(f"prepare: full run {i}: {f['seconds']}s, {f['applied']} applied", flush=True)

@@ -9,13 +9,15 @@ A run reads one of two windows:
 """
 
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from assets.reconcile import report_outcomes
+from assets.reconcile import GATE_KEY, report_outcomes, writeback_targets
+from checks.asset_checks import gate_result, gate_spec
 from trueup import incremental, steps
 from trueup.incremental import PARTITION
 from trueup.reconcile import CROSSWALK_SCHEMA
@@ -81,17 +83,23 @@ def changes_asset(domain: str, systems: list[str], partitions) -> dg.AssetsDefin
     return _changes
 
 
-def sync_plan_asset(domain: str, systems: list[str], partitions) -> dg.AssetsDefinition:
+def sync_plan_asset(domain: str, systems: list[str], partitions, config) -> dg.AssetsDefinition:
     ins = {"changes": dg.AssetIn(f"{domain}_changes")}
     dep = incremental.DEPENDS_ON.get(domain)
     if dep:
         ins["upstream"] = dg.AssetIn(f"{dep[0]}_changes")
+    name = f"{domain}_sync_plan"
+    targets = writeback_targets(domain, config)
 
-    @dg.asset(name=f"{domain}_sync_plan", group_name=GROUP, ins=ins, partitions_def=partitions,
+    @dg.asset(name=name, group_name=GROUP, ins=ins, partitions_def=partitions,
               backfill_policy=SINGLE_RUN, required_resource_keys={*systems, "trueup", "state"},
+              check_specs=[gate_spec(name, s) for s in targets],
               description=f"The corrections for the golden {domain} records the changes touch (and what "
-                          f"they depend on), the other side read from the systems by key.")
+                          f"they depend on), the other side read from the systems by key; gated per "
+                          f"system like the nightly plan before anything is written.")
     def _plan(context: dg.AssetExecutionContext, changes: pa.Table, **up):
+        from checks.gates import evaluate
+
         trueup = context.resources.trueup
         cfg = trueup.config
         wh = trueup.warehouse
@@ -101,12 +109,25 @@ def sync_plan_asset(domain: str, systems: list[str], partitions) -> dg.AssetsDef
                                     issues=wh.read("quarantine", "sync", domain, _label(context)),
                                     depends=depends, extracted_at=datetime.now(timezone.utc))
         wh.write(res.crosswalk.cast(CROSSWALK_SCHEMA), "state", "crosswalk", domain)
+        # the same gate as the nightly plan; a system's records are every record of it the
+        # crosswalk knows (a sync run reads only the changed ones)
+        wb = cfg.settings.write_back
+        allow = {s.strip() for s in context.run.tags.get("trueup/allow_large_plan", "").split(",") if s.strip()}
+        required = {s: cfg.systems.entity(s, domain).required for s in systems}
+        known = res.crosswalk.filter(pc.equal(res.crosswalk.column("domain"), domain))
+        gates = evaluate(domain, res.plan.drop_columns([PARTITION]), known, required=required,
+                         max_share=wb.max_change_share, min_records=wb.min_records, allow_large=allow)
+        blocked = {s: g.reason() for s, g in gates.items() if not g.passed}
         f = res.figures
-        context.add_output_metadata({
+        yield dg.Output(res.plan.replace_schema_metadata({GATE_KEY: json.dumps(blocked).encode()}), metadata={
             "changes": res.plan.num_rows, "golden_records_touched": f["golden_records_touched"],
-            "records_reconciled": f["records_reconciled"],
+            "records_reconciled": f["records_reconciled"], "blocked_systems": ", ".join(blocked) or "none",
             **{f"counterparts_read_{s}": n for s, n in f["counterparts_read"].items()}})
-        return res.plan
+        for s in targets:
+            if s in gates:
+                yield gate_result(gates[s])
+            else:
+                yield dg.AssetCheckResult(check_name=f"gate_{s}", passed=True, description="no changes planned")
 
     return _plan
 
@@ -127,12 +148,14 @@ def sync_writeback_asset(domain: str, system: str, partitions) -> dg.AssetsDefin
         # the same write-back path as the nightly run (live compare, approvals, ledger, retries,
         # dead letters); the whole domain plan goes in so a change that refers to a record another
         # system has yet to create (or that waits for approval) waits with it
+        blocked = json.loads((plan.schema.metadata or {}).get(GATE_KEY, b"{}"))
         out = steps.writeback(domain, plan.drop_columns([PARTITION]), {system: resource.client(cfg)}, cfg,
-                              context.resources.state.store(), context.run_id, dry_run=dry, systems=[system])
-        if out.num_rows and not dry:
+                              context.resources.state.store(), context.run_id, dry_run=dry, systems=[system],
+                              blocked={system: f"gate failed: {blocked[system]}"} if system in blocked else None)
+        if out.num_rows and not dry and system not in blocked:
             resource.after_writeback()
         out = out.join(days, "change_id").sort_by([("target_key", "ascending"), ("field", "ascending")])
-        report_outcomes(context, domain, system, out)
+        report_outcomes(context, domain, system, out, {"blocked": blocked[system]} if system in blocked else {})
         return out
 
     return _writeback
@@ -146,14 +169,19 @@ def sync_watermarks_asset(writebacks: list[dg.AssetKey], partitions) -> dg.Asset
     def sync_watermarks(context: dg.AssetExecutionContext, **outcomes):
         store = context.resources.state.store()
         dry = _is_dry_run(context)
-        moved = store.advance_watermarks(context.run_id, apply=watermark_mode(context) and not dry)
         totals: dict[str, int] = {}
         for t in outcomes.values():
             for k, v in zip(*t.group_by("status").aggregate([("change_id", "count")]).to_pydict().values()):
                 totals[k] = totals.get(k, 0) + v
+        # a gate that blocked a system leaves the watermarks where they were: the next sync reads the
+        # same changes again (and is blocked again until the run is allowed), nothing is skipped
+        held_by_gate = totals.get("blocked", 0) > 0
+        moved = store.advance_watermarks(context.run_id,
+                                         apply=watermark_mode(context) and not dry and not held_by_gate)
         failed = sum(v for k, v in totals.items() if k in ("rejected", "retryable_error", "blocked"))
         store.finish_run(context.run_id, "succeeded" if not failed else "completed_with_failures",
-                         {"totals": totals, "partitions": _label(context), "watermarks_moved": len(moved)},
+                         {"totals": totals, "partitions": _label(context), "watermarks_moved": len(moved),
+                          "held_by_gate": held_by_gate},
                          job=context.job_name, mode="incremental", dry_run=dry)
         context.add_output_metadata({"watermarks_moved": len(moved), **{f"changes_{k}": v for k, v in totals.items()}})
         day = context.partition_key_range.start if watermark_mode(context) else None

@@ -108,7 +108,7 @@ def build_definitions(home: str | Path | None = None, config_dir: str | Path | N
     sync_writebacks: list[dg.AssetKey] = []
     for domain in DOMAINS:
         systems = config.systems.systems_with(domain)
-        assets += [changes_asset(domain, systems, partitions), sync_plan_asset(domain, systems, partitions)]
+        assets += [changes_asset(domain, systems, partitions), sync_plan_asset(domain, systems, partitions, config)]
         for target in writeback_targets(domain, config):
             wb = sync_writeback_asset(domain, target, partitions)
             assets.append(wb)

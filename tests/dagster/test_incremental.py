@@ -222,3 +222,48 @@ def test_b_backfill_of_three_days_equals_three_daily_runs(reconciled, tmp_path):
     assert again.success
     assert _store(one).ledger(again.run_id).num_rows == 0
     assert set(_partition_files(one)) == set(a)
+
+
+def _checks(result) -> dict:
+    return {f"{e.asset_key.to_user_string()}:{e.check_name}": e
+            for e in (ev.event_specific_data for ev in result.all_events
+                      if ev.event_type_value == "ASSET_CHECK_EVALUATION")}
+
+
+def test_sync_that_would_change_most_crm_accounts_is_held_by_the_gate(reconciled, tmp_path):
+    # a bad ERP job blocks 60% of the customers within the hour: the sync must not carry it on
+    home = _copy(reconciled, tmp_path)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    with closing(sqlite3.connect(home / "demo" / "erp.sqlite")) as erp:
+        erp.execute("UPDATE erp_customer SET credit_status = 'BLOCK', updated_at = ? "
+                    "WHERE account_group IN ('SOLD', 'SHIP') AND abs(random()) % 10 < 6", [stamp])
+        erp.commit()
+    crm_log = home / "demo" / "crm" / "crm.sqlite"
+    with closing(sqlite3.connect(crm_log)) as crm:
+        writes_before = crm.execute("SELECT count(*) FROM write_log").fetchone()[0]
+    before = _watermarks(home)
+
+    held = _sync(home)
+    c = _checks(held)["customer_sync_plan:gate_crm"]
+    assert not c.passed and "would change" in c.description
+    ledger = _store(home).ledger(held.run_id).to_pandas()
+    crm_rows = ledger[ledger["system"] == "crm"]
+    assert len(crm_rows) > 0 and set(crm_rows["status"]) == {"blocked"}
+    with closing(sqlite3.connect(crm_log)) as crm:
+        assert crm.execute("SELECT count(*) FROM write_log").fetchone()[0] == writes_before  # nothing sent
+    assert _watermarks(home) == before  # the held changes are read again by the next sync
+    run = _store(home).runs().to_pylist()[-1]
+    assert run["status"] == "completed_with_failures"
+
+    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    allowed = _job(home)("incremental_sync").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), partition_key=day,
+        tags={WINDOW_TAG: "watermark", "trueup/allow_large_plan": "crm"})
+    assert allowed.success and _checks(allowed)["customer_sync_plan:gate_crm"].passed
+    applied = _store(home).ledger(allowed.run_id).to_pandas()
+    assert set(applied.loc[applied["system"] == "crm", "status"]) == {"applied"}
+    credit = crm_rows[crm_rows["field"] == "credit_status"]
+    assert len(credit) > 0
+    got = applied[(applied["system"] == "crm") & (applied["field"] == "credit_status")]
+    assert set(got["target_key"]) == set(credit["target_key"])  # what was held is what went through
+    assert _watermarks(home) != before

@@ -158,7 +158,11 @@ def _read(kind: str, method: str, url: str, table: str, limit: int | None = None
     from trueup.systems.sql_arrow import read_arrow
 
     engine = sa.create_engine(url)
-    stmt = sa.text(query)
+    if method == "trueup" and not limit:  # the statement the SQL adapter builds for a full extract
+        t = sa.table(table, *[sa.column(c) for c in ("id", "sku", "qty", "price", "updated_at")])
+        stmt = sa.select(t.c.id, t.c.sku, t.c.qty, t.c.price, t.c.updated_at)
+    else:
+        stmt = sa.text(query)
     # the adapter's full extract names its table, which lets PostgreSQL's read go parallel
     read = read_arrow(engine, stmt, method=None if method == "trueup" else method,
                       table=None if limit or method != "trueup" else table)

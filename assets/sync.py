@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from assets.reconcile import GATE_KEY, report_outcomes, writeback_targets
 from checks.asset_checks import gate_result, gate_spec
-from trueup import incremental, steps
+from trueup import incremental, matching, steps
 from trueup.incremental import PARTITION
 from trueup.reconcile import CROSSWALK_SCHEMA
 
@@ -105,9 +105,12 @@ def sync_plan_asset(domain: str, systems: list[str], partitions, config) -> dg.A
         wh = trueup.warehouse
         clients = {s: getattr(context.resources, s).client(cfg) for s in systems}
         depends = incremental.depends_table(domain, {dep[0]: up["upstream"]}) if dep else None
+        links, apart = matching.persisted(wh.read("state", "match_links", domain),
+                                          wh.read("match_exceptions", domain))
         res = incremental.sync_plan(domain, changes, clients, cfg, wh.read("state", "crosswalk", domain),
                                     issues=wh.read("quarantine", "sync", domain, _label(context)),
-                                    depends=depends, extracted_at=datetime.now(timezone.utc))
+                                    depends=depends, links=links, apart=apart,
+                                    extracted_at=datetime.now(timezone.utc))
         wh.write(res.crosswalk.cast(CROSSWALK_SCHEMA), "state", "crosswalk", domain)
         # the same gate as the nightly plan; a system's records are every record of it the
         # crosswalk knows (a sync run reads only the changed ones)

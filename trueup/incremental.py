@@ -116,10 +116,13 @@ class SyncResult:
 
 def sync_plan(domain: str, changes: pa.Table, clients: dict, config: Config, crosswalk: pa.Table | None,
               *, issues: pa.Table | None = None, depends: pa.Table | None = None,
+              links: pa.Table | None = None, apart: pa.Table | None = None,
               as_of: date | None = None, extracted_at: datetime | None = None) -> SyncResult:
     """The plan for the golden records `changes` touch (plus `depends`: extra match keys with
     their partition, e.g. the SKUs of changed prices for products), each plan row tagged with the
-    earliest day a change touched its golden record."""
+    earliest day a change touched its golden record. `links` / `apart` are the last full run's
+    matching decisions (`matching.persisted`): a record it set apart (a wrong cross-reference, a
+    duplicate account, a match awaiting review) is not corrected on its key's word here either."""
     if crosswalk is None or crosswalk.num_rows == 0:
         raise ValueError(f"{domain}: no crosswalk yet: run the nightly full reconciliation once before "
                          f"incremental syncs (it assigns the golden ids they build on)")
@@ -167,7 +170,7 @@ def sync_plan(domain: str, changes: pa.Table, clients: dict, config: Config, cro
     tombstones = pa.concat_tables([dead_changes, fetched.tombstones])
     all_issues = pa.concat_tables([issues if issues is not None else ISSUE_SCHEMA.empty_table(), fetched.issues])
 
-    matched, new_cw = reconcile.match(domain, subset, crosswalk, all_issues)
+    matched, new_cw = reconcile.match(domain, subset, crosswalk, all_issues, links=links, apart=apart)
     golden = reconcile.build_golden(domain, matched, config, as_of)
     plan = reconcile.build_plan(domain, matched, golden, config, tombstones)
 

@@ -111,6 +111,17 @@ class Resolution:
         return self.links.filter(pc.equal(self.links.column("status"), "review"))
 
 
+def persisted(links: pa.Table | None, exceptions: pa.Table | None) -> tuple[pa.Table | None, pa.Table | None]:
+    """(link keys, records set apart) from what the last full run persisted (`state/match_links`,
+    `match_exceptions/<domain>`), for a run that does not match again (the incremental sync): a
+    record the nightly linked clusters on its link, one it set apart stays apart."""
+    if links is None and exceptions is None:
+        return None, None
+    res = Resolution(links if links is not None else LINK_SCHEMA.empty_table(),
+                     exceptions if exceptions is not None else EXCEPTION_SCHEMA.empty_table(), 0, 0)
+    return res.link_keys(), res.held()
+
+
 # ------------------------------------------------------------------ normalisation
 
 LEGAL_FORMS = ["inc", "incorporated", "llc", "l l c", "ltd", "limited", "gmbh", "co", "corp", "corporation",

@@ -267,3 +267,34 @@ def test_sync_that_would_change_most_crm_accounts_is_held_by_the_gate(reconciled
     got = applied[(applied["system"] == "crm") & (applied["field"] == "credit_status")]
     assert set(got["target_key"]) == set(credit["target_key"])  # what was held is what went through
     assert _watermarks(home) != before
+
+
+def test_sync_keeps_a_wrong_cross_reference_apart_as_the_nightly_did(reconciled, tmp_path):
+    # the nightly's matcher found CRM accounts whose ERP number points at another customer and set
+    # them apart; when such an account changes its email during the day, the sync must not carry
+    # the email to the customer the wrong number points at
+    home = _copy(reconciled, tmp_path)
+    truth = pd.read_csv(home / "demo" / "match_truth.csv")
+    wrong = truth[(truth["kind"] == "xref_wrong") & (truth["domain"] == "customer")]["key"].tolist()[:3]
+    assert wrong
+    stamp = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    with closing(sqlite3.connect(home / "demo" / "crm" / "crm.sqlite")) as crm:
+        crm.executemany("UPDATE accounts SET email = 'ap.' || id || '@moved.example.com', updated_at = ? "
+                        "WHERE id = ?", [(stamp, k) for k in wrong])
+        crm.commit()
+        pointed = [r[0] for r in crm.execute(f"SELECT erp_number FROM accounts WHERE id IN "
+                                              f"({','.join('?' * len(wrong))})", wrong)]
+    with closing(sqlite3.connect(home / "demo" / "erp.sqlite")) as erp:
+        emails_before = erp.execute(f"SELECT customer_number, email FROM erp_customer WHERE customer_number IN "
+                                    f"({','.join('?' * len(pointed))})", pointed).fetchall()
+
+    result = _sync(home)
+    assert result.success
+    ledger = _store(home).ledger(result.run_id).to_pandas()
+    assert not ledger["target_key"].isin(wrong + pointed).any(), ledger[ledger["target_key"].isin(wrong + pointed)]
+    with closing(sqlite3.connect(home / "demo" / "erp.sqlite")) as erp:
+        assert erp.execute(f"SELECT customer_number, email FROM erp_customer WHERE customer_number IN "
+                           f"({','.join('?' * len(pointed))})", pointed).fetchall() == emails_before
+    changes = pq.read_table(home / "warehouse" / "customer_changes" /
+                            f"{result.dagster_run.tags['dagster/partition']}.parquet").to_pandas()
+    assert set(wrong) <= set(changes["source_key"])  # the sync did read the edits

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from checks.asset_checks import contract_result, contract_spec, gate_result, gate_spec
-from resources.project import TrueupSettings
+from resources.project import BUCKET_META, COLUMNS_META, TrueupSettings
 from resources.state import StateStoreResource
 from trueup import matching, reconcile, steps
 from trueup.reconcile import CROSSWALK_SCHEMA
@@ -40,6 +40,7 @@ def writeback_targets(domain: str, config) -> list[str]:
 
 def domain_assets(domain: str, systems: list[str], config) -> list[dg.AssetsDefinition]:
     extract_keys = {s: dg.AssetKey(f"{s}_{domain}_extract") for s in systems}
+    buckets = config.settings.scale.buckets.get(domain, 1)
     staged_name = f"{domain}_staged"
     # prices and stock are checked against the item master
     reference_ins = {"item_master": dg.AssetIn("product_staged")} if domain in ("price", "inventory") else {}
@@ -103,31 +104,50 @@ def domain_assets(domain: str, systems: list[str], config) -> list[dg.AssetsDefi
                         **{f"exceptions_{k}": v for k, v in
                            _count(res.exceptions.column("kind").to_pylist()).items()}}
         out, crosswalk = reconcile.match(domain, staged, crosswalk, issues, links=links, apart=apart)
+        if buckets > 1:
+            out = reconcile.with_buckets(out, buckets)
         wh.write(crosswalk.cast(CROSSWALK_SCHEMA), "state", "crosswalk", domain)
         context.add_output_metadata({
             "records": out.num_rows, "golden_records": pc.count_distinct(out.column("golden_id")).as_py(),
             "held_in_quarantine": out.filter(out.column("held")).num_rows, **match_md})
         return out
 
-    @dg.asset(name=f"{domain}_golden", group_name=domain, ins={"matched": dg.AssetIn(f"{domain}_matched")},
-              description=f"The golden {domain} record per golden id: system-of-record rules applied.")
-    def golden(context: dg.AssetExecutionContext, trueup: TrueupSettings, matched: pa.Table):
-        out = reconcile.build_golden(domain, matched, trueup.config, datetime.now(timezone.utc).date())
+    plan_name = f"{domain}_plan"
+    if buckets > 1:
+        parts = bucket_assets(domain, buckets)
+        golden_ins = {f"b{i}": dg.AssetIn(f"{domain}_golden_b{i}") for i in range(buckets)}
+        plan_ins = {"matched": dg.AssetIn(f"{domain}_matched", metadata={COLUMNS_META: GATE_COLUMNS}),
+                    **{f"b{i}": dg.AssetIn(f"{domain}_plan_b{i}") for i in range(buckets)}}
+    else:
+        parts = []
+        golden_ins = {"matched": dg.AssetIn(f"{domain}_matched")}
+        plan_ins = {"matched": dg.AssetIn(f"{domain}_matched"), "golden": dg.AssetIn(f"{domain}_golden")}
+
+    @dg.asset(name=f"{domain}_golden", group_name=domain, ins=golden_ins,
+              description=f"The golden {domain} record per golden id: system-of-record rules applied"
+                          + (f" (the union of its {buckets} buckets)." if buckets > 1 else "."))
+    def golden(context: dg.AssetExecutionContext, trueup: TrueupSettings, **inputs: pa.Table):
+        if buckets > 1:
+            out = pa.concat_tables([inputs[f"b{i}"] for i in range(buckets)])
+        else:
+            out = reconcile.build_golden(domain, inputs["matched"], trueup.config, datetime.now(timezone.utc).date())
         context.add_output_metadata({"golden_records": out.num_rows})
         return out
 
-    plan_name = f"{domain}_plan"
-
-    @dg.asset(name=plan_name, group_name=domain,
-              ins={"matched": dg.AssetIn(f"{domain}_matched"), "golden": dg.AssetIn(f"{domain}_golden")},
+    @dg.asset(name=plan_name, group_name=domain, ins=plan_ins,
               check_specs=[gate_spec(plan_name, s) for s in writeback_targets(domain, config)],
               description=f"Every correction each system needs for {domain}: field, old -> new, rule, "
                           f"severity; gated per system before anything is written.")
-    def plan(context: dg.AssetExecutionContext, trueup: TrueupSettings, matched: pa.Table, golden: pa.Table):
+    def plan(context: dg.AssetExecutionContext, trueup: TrueupSettings, matched: pa.Table, **inputs: pa.Table):
         from checks.gates import evaluate
 
         cfg = trueup.config
-        out = reconcile.build_plan(domain, matched, golden, cfg, trueup.warehouse.read("state", "tombstones", domain))
+        if buckets > 1:
+            out = pa.concat_tables([inputs[f"b{i}"] for i in range(buckets)]).sort_by(
+                [("target_system", "ascending"), ("target_key", "ascending"), ("field", "ascending")])
+        else:
+            out = reconcile.build_plan(domain, matched, inputs["golden"], cfg,
+                                       trueup.warehouse.read("state", "tombstones", domain))
         wb = cfg.settings.write_back
         allow = {s.strip() for s in context.run.tags.get("trueup/allow_large_plan", "").split(",") if s.strip()}
         required = {s: cfg.systems.entity(s, domain).required for s in cfg.systems.systems_with(domain)}
@@ -145,7 +165,41 @@ def domain_assets(domain: str, systems: list[str], config) -> list[dg.AssetsDefi
             else:
                 yield dg.AssetCheckResult(check_name=f"gate_{s}", passed=True, description="no changes planned")
 
-    return [staged, matched, golden, plan]
+    return [staged, matched, *parts, golden, plan]
+
+
+GATE_COLUMNS = ["source_system", "source_key"]  # what the gate reads of the matched records
+
+
+def bucket_assets(domain: str, n: int) -> list[dg.AssetsDefinition]:
+    """Golden records and plan per bucket of golden ids: independent steps, each reading only its
+    bucket of the matched records (and, for a create's parent, every record's key)."""
+    out = []
+    for i in range(n):
+        @dg.asset(name=f"{domain}_golden_b{i}", group_name=domain,
+                  ins={"matched": dg.AssetIn(f"{domain}_matched", metadata={BUCKET_META: i})},
+                  description=f"Golden {domain} records of bucket {i} of {n}.")
+        def golden_bucket(context: dg.AssetExecutionContext, trueup: TrueupSettings, matched: pa.Table):
+            g = reconcile.build_golden(domain, matched, trueup.config, datetime.now(timezone.utc).date())
+            context.add_output_metadata({"golden_records": g.num_rows, "records": matched.num_rows})
+            return g
+
+        @dg.asset(name=f"{domain}_plan_b{i}", group_name=domain,
+                  ins={"matched": dg.AssetIn(f"{domain}_matched", metadata={BUCKET_META: i}),
+                       "golden": dg.AssetIn(f"{domain}_golden_b{i}")},
+                  description=f"The {domain} corrections of bucket {i} of {n} (gated together in {domain}_plan).")
+        def plan_bucket(context: dg.AssetExecutionContext, trueup: TrueupSettings, matched: pa.Table,
+                        golden: pa.Table):
+            wh = trueup.warehouse
+            # every record's key, three columns of the matched file: a create's parent may be elsewhere
+            keys = wh.read(f"{domain}_matched", columns=["golden_id", "source_system", "source_key"])
+            p = reconcile.build_plan(domain, matched, golden, trueup.config,
+                                     wh.read("state", "tombstones", domain), keys=keys)
+            context.add_output_metadata({"changes": p.num_rows})
+            return p
+
+        out += [golden_bucket, plan_bucket]
+    return out
 
 
 def _reference(domain: str, staged: pa.Table, item_master: pa.Table | None, config) -> dict[str, list[str]]:

@@ -11,6 +11,7 @@ import pyarrow as pa
 from pydantic import PrivateAttr
 
 from trueup.config import Config
+from trueup.reconcile import BUCKET
 from trueup.warehouse import Warehouse
 
 
@@ -46,6 +47,9 @@ class TrueupSettings(dg.ConfigurableResource):
 
 
 PARTITION_COLUMN = "partition_key"  # a table that says each row's partition is split by it
+BUCKET_META = "trueup/bucket"  # AssetIn metadata: load only this bucket of a bucketed table
+COLUMNS_META = "trueup/columns"  # AssetIn metadata: load only these columns
+BUCKET_ROW_GROUP = 65_536
 
 
 class WarehouseIOManager(dg.ConfigurableIOManager):
@@ -84,7 +88,8 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
             return
         parts = self._parts(context)
         if isinstance(obj, pa.Table):
-            path = wh.write(obj, *parts)
+            # a bucketed table (sorted by bucket) in small row groups, so a bucket's reader skips the rest
+            path = wh.write(obj, *parts, row_group_size=BUCKET_ROW_GROUP if BUCKET in obj.column_names else None)
             context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "rows": obj.num_rows})
         else:
             path = wh.path(*parts).with_suffix(".json")
@@ -100,7 +105,11 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
             if found:
                 return pa.concat_tables(found, promote_options="default")
         parts = self._parts(context)
-        table = wh.read(*parts)
+        # an input may ask for some columns or one bucket only (AssetIn metadata)
+        meta = context.definition_metadata or {}
+        bucket = meta.get(BUCKET_META)
+        table = wh.read(*parts, columns=meta.get(COLUMNS_META),
+                        filters=[(BUCKET, "=", int(bucket))] if bucket is not None else None)
         if table is not None:
             return table
         path = wh.path(*parts).with_suffix(".json")

@@ -416,12 +416,33 @@ class Sync(Strict):
     partitions_start: date = date(2026, 1, 1)
 
 
+class Scale(Strict):
+    """How a domain's reconciliation is split for many cores or machines: `buckets` per domain cuts
+    its golden records (by a hash of the golden id) into that many independent golden + plan steps,
+    which Dagster's multiprocess, Celery or Kubernetes executors run side by side."""
+
+    buckets: dict[str, int] = {}
+
+    @field_validator("buckets")
+    @classmethod
+    def _buckets(cls, v: dict[str, int]) -> dict[str, int]:
+        from trueup.model import DOMAINS
+
+        for domain, n in v.items():
+            if domain not in DOMAINS:
+                raise ValueError(f"unknown domain {domain!r} in scale.buckets (domains: {sorted(DOMAINS)})")
+            if not 1 <= n <= 64:
+                raise ValueError(f"scale.buckets.{domain} must be between 1 and 64, not {n}")
+        return v
+
+
 class Settings(Strict):
     schedule: Schedule = Schedule()
     write_back: WriteBack = WriteBack()
     freshness: dict[str, Freshness] = {}  # per system: its data's SLA
     report: ReportSettings = ReportSettings()
     sync: Sync = Sync()
+    scale: Scale = Scale()
 
 
 class Config(BaseModel):

@@ -135,6 +135,23 @@ def match(
     return matched, new_cw.cast(CROSSWALK_SCHEMA)
 
 
+# ------------------------------------------------------------------ buckets
+
+BUCKET = "bucket"
+
+
+def with_buckets(matched: pa.Table, n: int) -> pa.Table:
+    """`matched` with a `bucket` column (a hash of the golden id modulo n) and sorted by it: every
+    record of a golden record is in one bucket, so each bucket's golden records and plan are
+    computed on their own, and a reader of one bucket skips the others' row groups."""
+    con = connect()
+    con.register("matched", matched)
+    out = fetch(con, f"SELECT *, CAST(hash(golden_id) % {int(n)} AS INTEGER) AS {BUCKET} FROM matched "
+                     f"ORDER BY {BUCKET}")
+    con.close()
+    return out
+
+
 # ------------------------------------------------------------------ golden
 
 
@@ -256,13 +273,16 @@ def _same(field: str, rule: FieldRule, dtype: pa.DataType) -> str:
 
 
 def build_plan(domain: str, matched: pa.Table, golden: pa.Table, config: Config,
-               tombstones: pa.Table | None = None) -> pa.Table:
+               tombstones: pa.Table | None = None, keys: pa.Table | None = None) -> pa.Table:
     """Every correction each target system needs, one row per field (PLAN_SCHEMA). `tombstones`
-    are records their system deleted: per the rules, their counterparts are deactivated."""
+    are records their system deleted: per the rules, their counterparts are deactivated. `keys`
+    (golden_id, source_system, source_key of every record) when `matched` is one bucket: a
+    create's parent may be in another."""
     d = DOMAINS[domain]
     rules = config.rules.domains[domain]
     con = connect()
     con.register("matched", matched)
+    con.register("all_keys", keys if keys is not None else matched.select(["golden_id", "source_system", "source_key"]))
     con.register("golden", golden)
     con.register("tombstones", tombstones if tombstones is not None else d.schema.empty_table())
     parts: list[str] = []
@@ -286,7 +306,7 @@ def build_plan(domain: str, matched: pa.Table, golden: pa.Table, config: Config,
                 "matched m JOIN golden g USING (golden_id)", cond))
 
     # a target key per golden id and system (for references and cross-references)
-    keys = ("SELECT golden_id, source_system, min(source_key) AS source_key FROM matched "
+    keys = ("SELECT golden_id, source_system, min(source_key) AS source_key FROM all_keys "
             "GROUP BY golden_id, source_system")
     # creates: the golden record is missing from a system that should have it
     for target, create in rules.create_in.items():

@@ -21,17 +21,19 @@ class Warehouse:
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts).with_suffix(".parquet")
 
-    def write(self, table: pa.Table, *parts: str) -> Path:
+    def write(self, table: pa.Table, *parts: str, row_group_size: int | None = None) -> Path:
         path = self.path(*parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
         os.replace(tmp, path)
         return path
 
-    def read(self, *parts: str) -> pa.Table | None:
+    def read(self, *parts: str, columns: list[str] | None = None, filters=None) -> pa.Table | None:
+        """The table (only `columns`, only rows passing `filters`: row groups whose statistics
+        rule them out are not read), or None if it was never written."""
         path = self.path(*parts)
-        return pq.read_table(path) if path.exists() else None
+        return pq.read_table(path, columns=columns, filters=filters) if path.exists() else None
 
     def exists(self, *parts: str) -> bool:
         return self.path(*parts).exists()

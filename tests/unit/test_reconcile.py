@@ -197,3 +197,21 @@ def test_change_ids_are_deterministic(config):
     rows = [{"source_system": "erp", "source_key": "100", "match_key": "100", "role": "sold_to", "email": "a@x.com"},
             {"source_system": "crm", "source_key": "A1", "match_key": "100", "role": "sold_to", "email": "b@x.com"}]
     assert run("customer", rows, config)[3].column("change_id") == run("customer", rows, config)[3].column("change_id")
+
+
+def test_a_bucket_creates_a_ship_to_under_a_parent_held_in_another_bucket(config):
+    rows = [{"source_system": "erp", "source_key": "100", "match_key": "100", "role": "sold_to", "name": "Parent Co"},
+            {"source_system": "crm", "source_key": "A1", "match_key": "100", "role": "sold_to", "name": "Parent Co"},
+            {"source_system": "crm", "source_key": "A2", "match_key": None, "role": "ship_to", "parent_key": "A1",
+             "name": "Dock 4", "city": "Tulsa", "country": "US"}]
+    m, _ = reconcile.match("customer", staged("customer", rows), None, None)
+    whole = reconcile.build_plan("customer", m, reconcile.build_golden("customer", m, config, date(2026, 6, 1)), config)
+    ship_to = m.filter(pa.compute.equal(m.column("source_key"), "A2"))  # its bucket holds only the ship-to
+    g = reconcile.build_golden("customer", ship_to, config, date(2026, 6, 1))
+    keys = m.select(["golden_id", "source_system", "source_key"])
+    alone = reconcile.build_plan("customer", ship_to, g, config, keys=keys)
+    parent = {p["new_value"] for p in alone.to_pylist() if p["action"] == "create" and p["field"] == "parent_key"}
+    assert parent == {"100"}  # the ERP number of the parent, found in another bucket's records
+    assert changes(alone) <= changes(whole) and any(p["action"] == "create" for p in alone.to_pylist())
+    blind = reconcile.build_plan("customer", ship_to, g, config)  # without every record's key
+    assert {p["new_value"] for p in blind.to_pylist() if p["field"] == "parent_key"} != {"100"}

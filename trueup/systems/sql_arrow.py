@@ -33,9 +33,9 @@ import sqlalchemy as sa
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 50_000
-# A PostgreSQL table of at least this many 8 KiB pages (64 MiB) is read in parallel ctid ranges:
+# A PostgreSQL table of at least this many 8 KiB pages (32 MiB) per reader is read in parallel ctid ranges:
 # below it the extra connections cost more than they save (bench/extract_throughput.py).
-PARALLEL_MIN_PAGES = 8192
+PARALLEL_MIN_PAGES = 4096
 PARALLEL_MAX_READERS = 4
 _SQLITE_MISMATCH = re.compile(r"Type mismatch in column (\d+)")
 

@@ -11,8 +11,9 @@ reads all of it into one Arrow table in a fresh subprocess, so the peak RSS (ru_
 that method alone. Methods:
 
     trueup      trueup.systems.sql_arrow.read_arrow: the path the SQL adapter takes (on PostgreSQL
-                a large table in page ranges over several ADBC connections sharing one snapshot)
+                DuckDB's postgres scanner, from the project's own environment)
     adbc        ADBC (PostgreSQL, SQLite), one connection
+    adbc_parallel  PostgreSQL: trueup's fallback path, ADBC over page ranges in one snapshot
     connectorx  connectorx (PostgreSQL, MariaDB)
     duckdb      DuckDB's postgres/mysql/sqlite scanner extensions from the PyPI packages
                 duckdb-ext-{postgres,mysql,sqlite}, built for DuckDB 1.4.4: run with the python of
@@ -38,7 +39,7 @@ from pathlib import Path
 
 DB = "trueup_bench"
 ALL_METHODS = {
-    "postgresql": ["trueup", "adbc", "connectorx", "duckdb", "cursor", "pandas"],
+    "postgresql": ["trueup", "adbc", "adbc_parallel", "connectorx", "duckdb", "cursor", "pandas"],
     "mariadb": ["trueup", "connectorx", "duckdb", "cursor", "pandas"],
     "sqlite": ["trueup", "adbc", "duckdb", "cursor", "pandas"],
 }
@@ -158,16 +159,17 @@ def _read(kind: str, method: str, url: str, table: str, limit: int | None = None
     from trueup.systems.sql_arrow import read_arrow
 
     engine = sa.create_engine(url)
-    if method == "trueup" and not limit:  # the statement the SQL adapter builds for a full extract
+    if method in ("trueup", "adbc_parallel") and not limit:  # the adapter's statement for a full extract
         t = sa.table(table, *[sa.column(c) for c in ("id", "sku", "qty", "price", "updated_at")])
         stmt = sa.select(t.c.id, t.c.sku, t.c.qty, t.c.price, t.c.updated_at)
     else:
         stmt = sa.text(query)
     # the adapter's full extract names its table, which lets PostgreSQL's read go parallel
-    read = read_arrow(engine, stmt, method=None if method == "trueup" else method,
-                      table=None if limit or method != "trueup" else table)
+    forced = {"trueup": None, "adbc_parallel": "adbc"}.get(method, method)
+    read = read_arrow(engine, stmt, method=forced,
+                      table=None if limit or method not in ("trueup", "adbc_parallel") else table)
     engine.dispose()
-    if method == "trueup" and not limit:
+    if method in ("trueup", "adbc_parallel") and not limit:
         print(json.dumps({"chosen": read.method}), file=sys.stderr)
     return read.table
 
@@ -202,6 +204,12 @@ def _read_duckdb(kind: str, url: str, table: str):
     src = table.replace("FROM bench_", f"FROM {prefix}.bench_") if table.startswith("(") else f"{prefix}.{table}"
     rel = con.sql(f"SELECT id, sku, qty, price, updated_at FROM {src}")
     return (getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table)()
+
+
+def _own_pg_scanner() -> bool:
+    from trueup.systems.sql_arrow import postgres_scanner
+
+    return postgres_scanner() is not None
 
 
 def child(kind: str, method: str, table: str) -> None:
@@ -261,7 +269,9 @@ def main() -> int:
             for method in methods:
                 if method == "pandas" and rows > args.pandas_max_rows:
                     continue
-                python = args.duckdb14_python if method == "duckdb" else sys.executable
+                python = sys.executable
+                if method == "duckdb" and not (kind == "postgresql" and _own_pg_scanner()):
+                    python = args.duckdb14_python  # the mysql / sqlite scanners are not installed here
                 if not python:
                     print(f"| {kind} | {rows:,} | {method} | (no --duckdb14-python) | | |")
                     continue

@@ -11,9 +11,9 @@ reads all of it into one Arrow table in a fresh subprocess, so the peak RSS (ru_
 that method alone. Methods:
 
     trueup      trueup.systems.sql_arrow.read_arrow: the path the SQL adapter takes (on PostgreSQL
-                DuckDB's postgres scanner, from the project's own environment)
+                a large table in page ranges over several ADBC connections sharing one snapshot)
     adbc        ADBC (PostgreSQL, SQLite), one connection
-    adbc_parallel  PostgreSQL: trueup's fallback path, ADBC over page ranges in one snapshot
+    adbc_parallel  PostgreSQL: the same parallel path, forced (also for tables under its size threshold)
     connectorx  connectorx (PostgreSQL, MariaDB)
     duckdb      DuckDB's postgres/mysql/sqlite scanner extensions from the PyPI packages
                 duckdb-ext-{postgres,mysql,sqlite}, built for DuckDB 1.4.4: run with the python of
@@ -206,12 +206,6 @@ def _read_duckdb(kind: str, url: str, table: str):
     return (getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table)()
 
 
-def _own_pg_scanner() -> bool:
-    from trueup.systems.sql_arrow import postgres_scanner
-
-    return postgres_scanner() is not None
-
-
 def child(kind: str, method: str, table: str) -> None:
     url = os.environ["TRUEUP_BENCH_URL"]
     # imports and the drivers' one-time loading are not the read: a 10-row read of the same
@@ -269,9 +263,7 @@ def main() -> int:
             for method in methods:
                 if method == "pandas" and rows > args.pandas_max_rows:
                     continue
-                python = sys.executable
-                if method == "duckdb" and not (kind == "postgresql" and _own_pg_scanner()):
-                    python = args.duckdb14_python  # the mysql / sqlite scanners are not installed here
+                python = args.duckdb14_python if method == "duckdb" else sys.executable
                 if not python:
                     print(f"| {kind} | {rows:,} | {method} | (no --duckdb14-python) | | |")
                     continue

@@ -7,6 +7,7 @@ import pyarrow as pa
 
 
 _db: tuple[int, duckdb.DuckDBPyConnection] | None = None
+_OLD = int(duckdb.__version__.split(".")[0]) < 2
 
 
 def connect() -> duckdb.DuckDBPyConnection:
@@ -27,6 +28,10 @@ def connect() -> duckdb.DuckDBPyConnection:
 
 def fetch(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:
     """Run a query and return its rows as an Arrow table, without the DB-API copy."""
+    if params and _OLD:
+        # DuckDB 1.x materialises a relation built with parameters once more before the Arrow
+        # export (3.5x slower measured); a prepared execution does not
+        return con.execute(sql, params).fetch_arrow_table()
     rel = con.sql(sql, params=params) if params else con.sql(sql)
     if rel is None:  # a statement, not a query
         return pa.table({})

@@ -112,7 +112,7 @@ def test_nightly_finds_every_discrepancy_applies_it_or_holds_it_for_approval_the
             if mat.asset_key.path[0].endswith("_extract") and "read_method" in mat.metadata:
                 methods[mat.asset_key.path[0]] = mat.metadata["read_method"].value
             assert not any(u in str(mat.metadata) for u in urls.values())
-        assert methods["erp_customer_extract"] == "duckdb"  # DuckDB's postgres scanner
+        assert methods["erp_customer_extract"] == "adbc"
         assert methods["wms_inventory_extract"] == "connectorx"
     # the demo's broken cross-references and duplicate accounts are reported with evidence, not corrected
     exc = summary["matching"]["customer"]["exceptions"]

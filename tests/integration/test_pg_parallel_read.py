@@ -1,7 +1,6 @@
 """A large PostgreSQL table is read by several connections in page ranges that share one
 snapshot: the parts together are exactly the table (no row twice, none missed, decimals exact),
-and rows committed while the read runs do not leak into it. The first choice, DuckDB's postgres
-scanner, reads the same table identically, and leaves a NUMERIC without a scale to ADBC."""
+and rows committed while the read runs do not leak into it."""
 
 from __future__ import annotations
 
@@ -33,7 +32,7 @@ def test_parallel_snapshot_read_is_the_whole_table_once(server_dbs, monkeypatch)
     engine, stmt = _table(server_dbs.new("postgresql"))
     single = read_arrow(engine, stmt)
     monkeypatch.setattr(sql_arrow, "PARALLEL_MIN_PAGES", 1)  # the test table is small
-    parallel = read_arrow(engine, stmt, table="stock", readers=3, method="adbc")
+    parallel = read_arrow(engine, stmt, table="stock", readers=3)
     assert parallel.method == "adbc x3"
     assert single.method == "adbc"
     assert parallel.table.num_rows == single.table.num_rows == ROWS - ROWS // 10
@@ -61,26 +60,10 @@ def test_rows_committed_during_the_read_stay_out(server_dbs, monkeypatch):
         return real(snapshot)
 
     monkeypatch.setattr(sql_arrow, "_snapshot_id", after_export)
-    read = read_arrow(engine, stmt, table="stock", readers=2, method="adbc")
+    read = read_arrow(engine, stmt, table="stock", readers=2)
     assert exported.is_set() and read.method == "adbc x2"
     assert read.table.num_rows == ROWS - ROWS // 10
     assert pc.sum(pc.equal(read.table.column("sku"), "NEW")).as_py() in (0, None)
     assert pc.min(read.table.column("on_hand")).as_py() >= 0
     engine.dispose()
 
-
-def test_duckdb_scanner_reads_the_table_as_adbc_does_and_leaves_free_numerics_to_adbc(server_dbs):
-    engine, stmt = _table(server_dbs.new("postgresql"))
-    scanned = read_arrow(engine, stmt, table="stock")
-    assert scanned.method == "duckdb"
-    exact = read_arrow(engine, stmt, table="stock", method="adbc")
-    assert scanned.table.schema.equals(exact.table.schema)
-    assert scanned.table.sort_by("id").equals(exact.table.sort_by("id"))
-    with engine.begin() as c:  # a NUMERIC without a declared scale: the scanner would make it a float
-        c.exec_driver_sql("CREATE TABLE ratio (id BIGINT PRIMARY KEY, r NUMERIC)")
-        c.exec_driver_sql("INSERT INTO ratio VALUES (1, 0.1), (2, 0.30000000000000000001)")
-    t = sa.table("ratio", sa.column("id"), sa.column("r"))
-    read = read_arrow(engine, sa.select(t.c.id, t.c.r), table="ratio")
-    assert read.method.startswith("adbc")
-    assert read.table.sort_by("id").column("r").to_pylist() == ["0.1", "0.30000000000000000001"]
-    engine.dispose()

@@ -25,7 +25,6 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,9 +33,9 @@ import sqlalchemy as sa
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 50_000
-# A PostgreSQL table of at least this many 8 KiB pages (32 MiB) per reader is read in parallel ctid ranges:
+# A PostgreSQL table of at least this many 8 KiB pages (64 MiB) per reader is read in parallel ctid ranges:
 # below it the extra connections cost more than they save (bench/extract_throughput.py).
-PARALLEL_MIN_PAGES = 4096
+PARALLEL_MIN_PAGES = 8192
 PARALLEL_MAX_READERS = 4
 _SQLITE_MISMATCH = re.compile(r"Type mismatch in column (\d+)")
 
@@ -91,14 +90,6 @@ def read_arrow(engine: sa.Engine, stmt: sa.Executable, *, method: str | None = N
             if has_params:
                 raise ValueError("the Arrow-native paths run only statements without values")
             if chosen == "adbc" and table and dialect_of(engine) == "postgresql" and isinstance(stmt, sa.Select):
-                if not method and postgres_scanner() is not None:
-                    try:
-                        got = _read_duckdb_postgres(engine, stmt, table)
-                        if got is not None:
-                            return ArrowRead(got, "duckdb")
-                    except Exception as exc:  # noqa: BLE001 - the next path reads it
-                        log.warning("postgresql read via DuckDB's scanner failed (%s: %s); reading with ADBC",
-                                    type(exc).__name__, _masked(engine, str(exc))[:200])
                 got, parts = _read_adbc_postgres_parallel(engine, stmt, table, readers)
                 return ArrowRead(normalize(got), "adbc" if parts == 1 else f"adbc x{parts}")
             reader = {"adbc": _read_adbc, "connectorx": _read_connectorx}[chosen]
@@ -272,66 +263,6 @@ def _read_adbc_postgres_parallel(engine: sa.Engine, stmt: sa.Select, table: str,
             except Exception:  # noqa: BLE001,S110 - closing anyway
                 pass
             con.close()
-
-
-def postgres_scanner() -> Path | None:
-    """DuckDB's postgres scanner extension for the running DuckDB (PyPI `duckdb-ext-postgres`, built
-    for the 1.4 line), or None: the extension is never downloaded at run time."""
-    global _SCANNER
-    if _SCANNER is None:
-        import importlib.util
-
-        import duckdb
-
-        found: list[Path] = []
-        spec = importlib.util.find_spec("duckdb_ext")
-        for root in (spec.submodule_search_locations if spec else None) or []:
-            found += Path(root).glob(f"extensions/v{duckdb.__version__}/*/postgres_scanner.duckdb_extension")
-        _SCANNER = found[0] if found else False
-    return _SCANNER or None
-
-
-_SCANNER: Path | bool | None = None
-
-
-def _read_duckdb_postgres(engine: sa.Engine, stmt: sa.Select, table: str) -> pa.Table | None:
-    """A whole table through DuckDB's postgres scanner: several connections in one exported snapshot,
-    each a range of pages, binary COPY decoded by DuckDB (measured the fastest PostgreSQL reader,
-    docs/architecture.md). None when the table has a NUMERIC column without a declared scale (the
-    scanner would make it a float) or is not a plain table: the ADBC path reads those exactly."""
-    import duckdb
-
-    schema, _, name = table.rpartition(".")
-    with engine.connect() as c:
-        row = c.execute(sa.text(
-            "SELECT c.relkind, n.nspname, "
-            "(SELECT count(*) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-            " AND a.atttypid = 'numeric'::regtype AND a.atttypmod < 0) AS free_numeric "
-            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(:t)"),
-            {"t": table}).first()
-    if row is None or row.relkind not in ("r", "m", "p") or row.free_numeric:
-        return None
-    u = engine.url
-    con = duckdb.connect()
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        con.load_extension(str(postgres_scanner()))
-        # a temporary secret (this connection only, never persisted): the password is never part of
-        # a connection string DuckDB could echo in an error
-        con.execute(f"CREATE TEMPORARY SECRET trueup_pg (TYPE postgres, HOST {_lit(u.host or 'localhost')}, "
-                    f"PORT {int(u.port or 5432)}, DATABASE {_lit(u.database or '')}, "
-                    f"USER {_lit(u.username or '')}, PASSWORD {_lit(u.password or '')})")
-        con.execute("ATTACH '' AS src (TYPE postgres, SECRET trueup_pg, READ_ONLY)")
-        cols = ", ".join(_qi(c.name) for c in stmt.selected_columns)
-        rel = con.sql(f"SELECT {cols} FROM src.{_qi(row.nspname)}.{_qi(name)}")
-        out = (getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table)()
-    finally:
-        con.close()
-    return out
-
-
-def _lit(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _snapshot_id(snapshot: str) -> str:

@@ -115,7 +115,7 @@ approvals = sa.Table(
     sa.Column("approval_id", sa.String(64), index=True),  # a create is one approval over its fields
     sa.Column("system", sa.String(32)),
     sa.Column("entity", sa.String(32)),
-    sa.Column("target_key", sa.String(256)),
+    sa.Column("target_key", sa.String(256), index=True),
     sa.Column("golden_id", sa.String(64)),
     sa.Column("field", sa.String(64)),
     sa.Column("action", sa.String(16)),
@@ -232,7 +232,7 @@ class StateStore:
         self._add_missing_columns()
 
     def _add_missing_columns(self) -> None:
-        """A state store made by an older trueup gains the columns added since (additive only)."""
+        """A state store made by an older trueup gains the columns and indexes added since (additive only)."""
         insp = sa.inspect(self.engine)
         with self.engine.begin() as c:
             for table in metadata.sorted_tables:
@@ -241,6 +241,9 @@ class StateStore:
                     if col.name not in have:
                         type_ = col.type.compile(dialect=self.engine.dialect)
                         c.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {type_}'))
+        for table in metadata.sorted_tables:  # and the indexes added since
+            for index in table.indexes:
+                index.create(self.engine, checkfirst=True)
 
     # ---------------------------------------------------------- runs
 
@@ -432,13 +435,24 @@ class StateStore:
                                                      approvals.c.status.in_(("superseded", "obsolete")))
                           .values(status="pending", requested_run_id=run_id, requested_at=now, note=None))
             new = [r for r in rows if r["change_id"] not in known]
-            for r in new:  # the change set: supersede what this request replaces
-                same = [approvals.c.system == r["target_system"], approvals.c.entity == entity,
-                        approvals.c.target_key == r["target_key"], approvals.c.status.in_(OPEN_APPROVAL),
-                        approvals.c.approval_id != r["approval_id"]]
-                if r["action"] != "create":
-                    same.append(approvals.c.field == r["field"])
-                c.execute(sa.update(approvals).where(*same).values(
+            # the change set: a new request supersedes the open ones on the same record (a create) or
+            # field (an update) under another approval; the open requests of these records are read
+            # in batches (an UPDATE per new request scanned the table once per row: quadratic)
+            by_record: dict[tuple, list[dict]] = {}
+            for r in new:
+                by_record.setdefault((r["target_system"], r["target_key"]), []).append(r)
+            keys = sorted({k for _, k in by_record})
+            stale = []
+            for i in range(0, len(keys), 500):
+                for o in c.execute(sa.select(approvals.c.change_id, approvals.c.system, approvals.c.target_key,
+                                             approvals.c.field, approvals.c.approval_id).where(
+                        approvals.c.entity == entity, approvals.c.target_key.in_(keys[i:i + 500]),
+                        approvals.c.status.in_(OPEN_APPROVAL))):
+                    if any(o.approval_id != r["approval_id"] and (r["action"] == "create" or o.field == r["field"])
+                           for r in by_record.get((o.system, o.target_key), ())):
+                        stale.append(o.change_id)
+            for i in range(0, len(stale), 500):
+                c.execute(sa.update(approvals).where(approvals.c.change_id.in_(stale[i:i + 500])).values(
                     status="superseded", note=f"superseded by a newer proposal in run {run_id}"))
             if new:
                 c.execute(sa.insert(approvals), [{

@@ -74,3 +74,27 @@ def test_a_direction_on_a_text_field_is_rejected_with_its_line(tmp_path):
         Config.load(d)
     assert f"rules.yaml:{_line_of(d / 'rules.yaml', 'credit_status:')}" in str(err.value)
     assert "needs a number" in str(err.value)
+
+
+def test_a_newer_proposal_supersedes_the_open_request_it_replaces_and_only_that(tmp_path):
+    from trueup.state import StateStore
+
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+
+    def req(change_id, approval_id, key, field, new, action="update"):
+        return {"change_id": change_id, "approval_id": approval_id, "target_system": "erp", "target_key": key,
+                "golden_id": "g", "field": field, "action": action, "old_value": "1", "new_value": new,
+                "rule": "r", "severity": "high", "approval_reason": "credit exposure changes"}
+
+    store.request_approvals("run1", "customer", [req("a", "A", "C1", "credit_limit", "5000"),
+                                                 req("b", "B", "C1", "payment_terms", "NET30"),
+                                                 req("c", "C", "C2", "credit_limit", "7000")])
+    # run 2: C1's credit limit moved on (a new value, a new approval); C2 is proposed again as it was
+    store.request_approvals("run2", "customer", [req("d", "D", "C1", "credit_limit", "6000"),
+                                                 req("c", "C", "C2", "credit_limit", "7000")])
+    status = {r["change_id"]: r["status"] for r in store.approvals().to_pylist()}
+    assert status == {"a": "superseded", "b": "pending", "c": "pending", "d": "pending"}
+    # run 3: a create of C1 replaces every open request on that record
+    store.request_approvals("run3", "customer", [req("e", "E", "C1", "name", "Acme", action="create")])
+    status = {r["change_id"]: r["status"] for r in store.approvals().to_pylist()}
+    assert status == {"a": "superseded", "b": "superseded", "c": "pending", "d": "superseded", "e": "pending"}

@@ -139,8 +139,6 @@ def domain_assets(domain: str, systems: list[str], config) -> list[dg.AssetsDefi
               description=f"Every correction each system needs for {domain}: field, old -> new, rule, "
                           f"severity; gated per system before anything is written.")
     def plan(context: dg.AssetExecutionContext, trueup: TrueupSettings, matched: pa.Table, **inputs: pa.Table):
-        from checks.gates import evaluate
-
         cfg = trueup.config
         if buckets > 1:
             out = pa.concat_tables([inputs[f"b{i}"] for i in range(buckets)]).sort_by(
@@ -148,27 +146,36 @@ def domain_assets(domain: str, systems: list[str], config) -> list[dg.AssetsDefi
         else:
             out = reconcile.build_plan(domain, matched, inputs["golden"], cfg,
                                        trueup.warehouse.read("state", "tombstones", domain))
-        wb = cfg.settings.write_back
-        allow = {s.strip() for s in context.run.tags.get("trueup/allow_large_plan", "").split(",") if s.strip()}
-        required = {s: cfg.systems.entity(s, domain).required for s in cfg.systems.systems_with(domain)}
-        gates = evaluate(domain, out, matched, required=required, max_share=wb.max_change_share,
-                         min_records=wb.min_records, allow_large=allow)
-        blocked = {s: g.reason() for s, g in gates.items() if not g.passed}
-        out = out.replace_schema_metadata({GATE_KEY: json.dumps(blocked).encode()})
+        out, blocked, checks = gate_plan(context, domain, out, matched, cfg)
         counts = steps.discrepancy_counts(out)
         yield dg.Output(out, metadata={"changes": out.num_rows,
                                        "blocked_systems": ", ".join(blocked) or "none",
                                        "by_system_field": dg.MetadataValue.md(_counts_md(counts))})
-        for s in writeback_targets(domain, cfg):
-            if s in gates:
-                yield gate_result(gates[s])
-            else:
-                yield dg.AssetCheckResult(check_name=f"gate_{s}", passed=True, description="no changes planned")
+        yield from checks
 
     return [staged, matched, *parts, golden, plan]
 
 
 GATE_COLUMNS = ["source_system", "source_key"]  # what the gate reads of the matched records
+
+
+def gate_plan(context: dg.AssetExecutionContext, domain: str, plan: pa.Table, records: pa.Table, cfg
+              ) -> tuple[pa.Table, dict[str, str], list[dg.AssetCheckResult]]:
+    """The gate over a plan, per target system (`records`: every record of each system, by
+    source_system and source_key): the plan with the verdict in its metadata (the write-back steps
+    enforce it), the blocked systems with the reason, and one check result per target."""
+    from checks.gates import evaluate
+
+    wb = cfg.settings.write_back
+    allow = {s.strip() for s in context.run.tags.get("trueup/allow_large_plan", "").split(",") if s.strip()}
+    required = {s: cfg.systems.entity(s, domain).required for s in cfg.systems.systems_with(domain)}
+    gates = evaluate(domain, plan, records, required=required, max_share=wb.max_change_share,
+                     min_records=wb.min_records, allow_large=allow)
+    blocked = {s: g.reason() for s, g in gates.items() if not g.passed}
+    checks = [gate_result(gates[s]) if s in gates else
+              dg.AssetCheckResult(check_name=f"gate_{s}", passed=True, description="no changes planned")
+              for s in writeback_targets(domain, cfg)]
+    return plan.replace_schema_metadata({GATE_KEY: json.dumps(blocked).encode()}), blocked, checks
 
 
 def bucket_assets(domain: str, n: int) -> list[dg.AssetsDefinition]:

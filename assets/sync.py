@@ -16,8 +16,8 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from assets.reconcile import GATE_KEY, report_outcomes, writeback_targets
-from checks.asset_checks import gate_result, gate_spec
+from assets.reconcile import GATE_KEY, gate_plan, report_outcomes, writeback_targets
+from checks.asset_checks import gate_spec
 from trueup import incremental, matching, steps
 from trueup.incremental import PARTITION
 from trueup.reconcile import CROSSWALK_SCHEMA
@@ -98,8 +98,6 @@ def sync_plan_asset(domain: str, systems: list[str], partitions, config) -> dg.A
                           f"they depend on), the other side read from the systems by key; gated per "
                           f"system like the nightly plan before anything is written.")
     def _plan(context: dg.AssetExecutionContext, changes: pa.Table, **up):
-        from checks.gates import evaluate
-
         trueup = context.resources.trueup
         cfg = trueup.config
         wh = trueup.warehouse
@@ -114,23 +112,14 @@ def sync_plan_asset(domain: str, systems: list[str], partitions, config) -> dg.A
         wh.write(res.crosswalk.cast(CROSSWALK_SCHEMA), "state", "crosswalk", domain)
         # the same gate as the nightly plan; a system's records are every record of it the
         # crosswalk knows (a sync run reads only the changed ones)
-        wb = cfg.settings.write_back
-        allow = {s.strip() for s in context.run.tags.get("trueup/allow_large_plan", "").split(",") if s.strip()}
-        required = {s: cfg.systems.entity(s, domain).required for s in systems}
         known = res.crosswalk.filter(pc.equal(res.crosswalk.column("domain"), domain))
-        gates = evaluate(domain, res.plan.drop_columns([PARTITION]), known, required=required,
-                         max_share=wb.max_change_share, min_records=wb.min_records, allow_large=allow)
-        blocked = {s: g.reason() for s, g in gates.items() if not g.passed}
+        plan, blocked, checks = gate_plan(context, domain, res.plan, known, cfg)
         f = res.figures
-        yield dg.Output(res.plan.replace_schema_metadata({GATE_KEY: json.dumps(blocked).encode()}), metadata={
-            "changes": res.plan.num_rows, "golden_records_touched": f["golden_records_touched"],
+        yield dg.Output(plan, metadata={
+            "changes": plan.num_rows, "golden_records_touched": f["golden_records_touched"],
             "records_reconciled": f["records_reconciled"], "blocked_systems": ", ".join(blocked) or "none",
             **{f"counterparts_read_{s}": n for s, n in f["counterparts_read"].items()}})
-        for s in targets:
-            if s in gates:
-                yield gate_result(gates[s])
-            else:
-                yield dg.AssetCheckResult(check_name=f"gate_{s}", passed=True, description="no changes planned")
+        yield from checks
 
     return _plan
 

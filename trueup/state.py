@@ -22,6 +22,7 @@ file by default; PostgreSQL in production), queryable with plain SQL.
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -231,8 +232,17 @@ class StateStore:
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA busy_timeout=30000")
                 cur.close()
-        metadata.create_all(self.engine)
-        self._add_missing_columns()
+        for attempt in range(5):
+            # steps in several processes (multiprocess, Celery) open the store at once: a table or
+            # index another process created between our check and our CREATE is not an error
+            try:
+                metadata.create_all(self.engine)
+                self._add_missing_columns()
+                break
+            except sa.exc.DBAPIError as exc:
+                if "already exists" not in str(exc).lower() or attempt == 4:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
     def _add_missing_columns(self) -> None:
         """A state store made by an older trueup gains the columns and indexes added since (additive only)."""

@@ -98,3 +98,28 @@ def test_a_newer_proposal_supersedes_the_open_request_it_replaces_and_only_that(
     store.request_approvals("run3", "customer", [req("e", "E", "C1", "name", "Acme", action="create")])
     status = {r["change_id"]: r["status"] for r in store.approvals().to_pylist()}
     assert status == {"a": "superseded", "b": "superseded", "c": "pending", "d": "superseded", "e": "pending"}
+
+
+def test_the_state_store_opens_from_many_workers_at_once(tmp_path):
+    # Celery or multiprocess steps open a fresh store together: one creates the tables, the
+    # others must not fail on "already exists"
+    import threading
+
+    from trueup.state import StateStore
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    start, errors = threading.Barrier(8), []
+
+    def open_store():
+        start.wait()
+        try:
+            StateStore(url).approvals()
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=open_store) for _ in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []

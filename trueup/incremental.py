@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from trueup import reconcile, steps
 from trueup.config import Config
-from trueup.duck import connect, fetch
+from trueup.duck import connect, fetch, query
 from trueup.mapping import ISSUE_SCHEMA
 from trueup.model import DOMAINS, PLAN_SCHEMA
 
@@ -198,10 +198,5 @@ def depends_table(domain: str, upstream_changes: dict[str, pa.Table]) -> pa.Tabl
     dep = DEPENDS_ON.get(domain)
     if dep is None or dep[0] not in upstream_changes:
         return None
-    t = upstream_changes[dep[0]]
-    con = connect()
-    con.register("t", t)
-    out = fetch(con, f"SELECT {dep[1]} AS match_key, min({PARTITION}) AS {PARTITION} FROM t "
-                     f"WHERE {dep[1]} IS NOT NULL GROUP BY 1")
-    con.close()
-    return out
+    return query(f"SELECT {dep[1]} AS match_key, min({PARTITION}) AS {PARTITION} FROM t "
+                 f"WHERE {dep[1]} IS NOT NULL GROUP BY 1", t=upstream_changes[dep[0]])

@@ -18,7 +18,7 @@ from datetime import date
 import pyarrow as pa
 
 from trueup.config import Config, FieldRule
-from trueup.duck import connect, fetch, q
+from trueup.duck import connect, fetch, q, query
 from trueup.model import DOMAINS, PLAN_SCHEMA
 
 CROSSWALK_SCHEMA = pa.schema(
@@ -144,12 +144,8 @@ def with_buckets(matched: pa.Table, n: int) -> pa.Table:
     """`matched` with a `bucket` column (a hash of the golden id modulo n) and sorted by it: every
     record of a golden record is in one bucket, so each bucket's golden records and plan are
     computed on their own, and a reader of one bucket skips the others' row groups."""
-    con = connect()
-    con.register("matched", matched)
-    out = fetch(con, f"SELECT *, CAST(hash(golden_id) % {int(n)} AS INTEGER) AS {BUCKET} FROM matched "
-                     f"ORDER BY {BUCKET}")
-    con.close()
-    return out
+    return query(f"SELECT *, CAST(hash(golden_id) % {int(n)} AS INTEGER) AS {BUCKET} FROM matched "
+                 f"ORDER BY {BUCKET}", matched=matched)
 
 
 # ------------------------------------------------------------------ golden

@@ -43,19 +43,21 @@ runs = sa.Table(
     sa.Column("summary", sa.Text),  # JSON figures
 )
 
+def _change_columns(key_index: bool = False) -> list[sa.Column]:
+    """What a change is, as the ledger, the dead letters and the approvals all record it: which
+    record of which system, which field, from what to what."""
+    return [sa.Column("system", sa.String(32)), sa.Column("entity", sa.String(32)),
+            sa.Column("target_key", sa.String(256), index=key_index), sa.Column("golden_id", sa.String(64)),
+            sa.Column("field", sa.String(64)), sa.Column("action", sa.String(16)),
+            sa.Column("old_value", sa.Text), sa.Column("new_value", sa.Text)]
+
+
 ledger = sa.Table(
     "ledger", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("run_id", sa.String(64), index=True),
     sa.Column("change_id", sa.String(64), index=True),
-    sa.Column("system", sa.String(32)),
-    sa.Column("entity", sa.String(32)),
-    sa.Column("target_key", sa.String(256)),
-    sa.Column("golden_id", sa.String(64)),
-    sa.Column("field", sa.String(64)),
-    sa.Column("action", sa.String(16)),
-    sa.Column("old_value", sa.Text),
-    sa.Column("new_value", sa.Text),
+    *_change_columns(),
     # attempting | applied | unchanged | rejected | retryable_error | interrupted
     sa.Column("status", sa.String(24)),
     sa.Column("error", sa.Text),
@@ -88,14 +90,7 @@ dead_letters = sa.Table(
     "dead_letters", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("change_id", sa.String(64), index=True),
-    sa.Column("system", sa.String(32)),
-    sa.Column("entity", sa.String(32)),
-    sa.Column("target_key", sa.String(256)),
-    sa.Column("golden_id", sa.String(64)),
-    sa.Column("field", sa.String(64)),
-    sa.Column("action", sa.String(16)),
-    sa.Column("old_value", sa.Text),
-    sa.Column("new_value", sa.Text),
+    *_change_columns(),
     sa.Column("rule", sa.String(256)),
     sa.Column("severity", sa.String(16)),
     sa.Column("reason", sa.Text),
@@ -117,14 +112,7 @@ approvals = sa.Table(
     "approvals", metadata,
     sa.Column("change_id", sa.String(64), primary_key=True),
     sa.Column("approval_id", sa.String(64), index=True),  # a create is one approval over its fields
-    sa.Column("system", sa.String(32)),
-    sa.Column("entity", sa.String(32)),
-    sa.Column("target_key", sa.String(256), index=True),
-    sa.Column("golden_id", sa.String(64)),
-    sa.Column("field", sa.String(64)),
-    sa.Column("action", sa.String(16)),
-    sa.Column("old_value", sa.Text),
-    sa.Column("new_value", sa.Text),
+    *_change_columns(key_index=True),
     sa.Column("rule", sa.String(256)),
     sa.Column("severity", sa.String(16)),
     sa.Column("reason", sa.Text),  # why it needs approval

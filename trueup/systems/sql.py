@@ -107,7 +107,7 @@ class SqlSystem:
         return rows_to_arrow(cols, out)
 
     def _fetch_live_bulk(self, entity: str, keys: list[str]) -> pa.Table:
-        from trueup.duck import connect, fetch, q
+        from trueup.duck import q, query
 
         em = self.config.entities[entity]
         method = self.last_read_method
@@ -115,12 +115,8 @@ class SqlSystem:
         self.last_read_method = method  # an extract step's metadata says how *it* read
         # the key as the mapping builds it (trueup.mapping), so the plan's target keys match it
         key = "concat_ws('|', " + ", ".join(f"trim(CAST(live.{q(c)} AS VARCHAR))" for c in em.key_columns) + ")"
-        con = connect()
-        con.register("live", table)
-        con.register("wanted", pa.table({"k": pa.array(keys, pa.string())}))
-        out = fetch(con, f"SELECT live.* FROM live WHERE {key} IN (SELECT k FROM wanted)")
-        con.close()
-        return out
+        return query(f"SELECT live.* FROM live WHERE {key} IN (SELECT k FROM wanted)",
+                     live=table, wanted=pa.table({"k": pa.array(keys, pa.string())}))
 
     def _timestamp(self, at: datetime) -> datetime:
         """A UTC instant as this database stores it: aware for PostgreSQL (timestamptz), naive

@@ -54,6 +54,11 @@ def simulate_day(root: str | Path, share: float = 0.01, seed: int = 1, at: datet
     erp_path, crm_path = root / "erp.sqlite", root / "crm" / "crm.sqlite"
     wms = WmsSandbox(root / "wms")
 
+    def edit(con, stamp, sql: str, keys: list, *values) -> None:
+        """One UPDATE per record: its new values, a change time within the day, then its key."""
+        when = _times(rng, at, span, len(keys[0]))
+        con.executemany(sql, zip(*values, map(stamp, when), *keys))
+
     with closing(sqlite3.connect(erp_path)) as erp, closing(sqlite3.connect(crm_path)) as crm:
         _attach(erp, crm_path)
         acc = pd.read_sql("SELECT id, erp_number, type FROM accounts WHERE coalesce(deleted, 'false') <> 'true' "
@@ -75,37 +80,27 @@ def simulate_day(root: str | Path, share: float = 0.01, seed: int = 1, at: datet
         rest = hold_pool[~hold_pool["id"].isin(hold["id"])]
         deleted, recase = rest.iloc[:k], rest.iloc[k:2 * k]
 
-        t = _times(rng, at, span, len(email))
         emails = ["buyer." + e[1:] + "@changed.example.com" for e in email["erp_number"]]
-        crm.executemany("UPDATE accounts SET email = ?, updated_at = ? WHERE id = ?",
-                        zip(emails, map(_crm_ts, t), email["id"]))
+        edit(crm, _crm_ts, "UPDATE accounts SET email = ?, updated_at = ? WHERE id = ?", [email["id"]], emails)
         truth.add("day_crm_email_edit", "customer", "erp", email["erp_number"], "email", emails)
 
         streets = [f"{s} Changed Ave" for s in rng.integers(1, 9999, len(addr))]
-        t = _times(rng, at, span, len(addr))
-        crm.executemany("UPDATE accounts SET street = ?, updated_at = ? WHERE id = ?",
-                        zip(streets, map(_crm_ts, t), addr["id"]))
+        edit(crm, _crm_ts, "UPDATE accounts SET street = ?, updated_at = ? WHERE id = ?", [addr["id"]], streets)
         truth.add("day_crm_address_edit", "customer", "erp", addr["erp_number"], "address_line1", streets)
         truth.add("day_crm_address_edit", "customer", "wms", addr["erp_number"], "address_line1", streets)
 
-        t = _times(rng, at, span, len(deleted))
-        crm.executemany("UPDATE accounts SET deleted = 'true', updated_at = ? WHERE id = ?",
-                        zip(map(_crm_ts, t), deleted["id"]))
+        edit(crm, _crm_ts, "UPDATE accounts SET deleted = 'true', updated_at = ? WHERE id = ?", [deleted["id"]])
         truth.add("day_crm_account_deleted", "customer", "erp", deleted["erp_number"], "active", "false",
                   action="deactivate")
 
-        t = _times(rng, at, span, len(recase))
-        crm.executemany("UPDATE accounts SET name = upper(name), updated_at = ? WHERE id = ?",
-                        zip(map(_crm_ts, t), recase["id"]))
+        edit(crm, _crm_ts, "UPDATE accounts SET name = upper(name), updated_at = ? WHERE id = ?", [recase["id"]])
 
-        t = _times(rng, at, span, len(hold))
-        erp.executemany("UPDATE erp_customer SET credit_status = 'HOLD', updated_at = ? WHERE customer_number = ?",
-                        zip(map(_erp_ts, t), hold["erp_number"]))
+        edit(erp, _erp_ts, "UPDATE erp_customer SET credit_status = 'HOLD', updated_at = ? WHERE customer_number = ?",
+             [hold["erp_number"]])
         truth.add("day_erp_credit_hold", "customer", "crm", hold["id"], "credit_status", "hold")
         limit = ec.sample(n=min(k, len(ec)), random_state=seed + 1)["customer_number"]
-        t = _times(rng, at, span, len(limit))
-        erp.executemany("UPDATE erp_customer SET credit_limit = credit_limit + 5000, updated_at = ? "
-                        "WHERE customer_number = ?", zip(map(_erp_ts, t), limit))
+        edit(erp, _erp_ts, "UPDATE erp_customer SET credit_limit = credit_limit + 5000, updated_at = ? "
+             "WHERE customer_number = ?", [limit])
 
         # ------------------------------------------------------------ products
         items = pd.read_sql("SELECT i.item_number, i.description, p.id AS crm_id FROM erp_item i "
@@ -114,14 +109,12 @@ def simulate_day(root: str | Path, share: float = 0.01, seed: int = 1, at: datet
         n = max(2, int(round(len(items) * share)))
         desc, mpn = items.iloc[: max(1, n // 2)], items.iloc[max(1, n // 2): n]
         new_desc = (desc["description"].str.strip() + " v" + str(seed)).tolist()
-        t = _times(rng, at, span, len(desc))
-        erp.executemany("UPDATE erp_item SET description = ?, updated_at = ? WHERE item_number = ?",
-                        zip(new_desc, map(_erp_ts, t), desc["item_number"]))
+        edit(erp, _erp_ts, "UPDATE erp_item SET description = ?, updated_at = ? WHERE item_number = ?",
+             [desc["item_number"]], new_desc)
         truth.add("day_erp_description", "product", "crm", desc["crm_id"], "description", new_desc)
         truth.add("day_erp_description", "product", "wms", desc["item_number"], "description", new_desc)
-        t = _times(rng, at, span, len(mpn))
-        erp.executemany("UPDATE erp_item SET mpn = 'MPN-' || item_number, updated_at = ? WHERE item_number = ?",
-                        zip(map(_erp_ts, t), mpn["item_number"]))
+        edit(erp, _erp_ts, "UPDATE erp_item SET mpn = 'MPN-' || item_number, updated_at = ? WHERE item_number = ?",
+             [mpn["item_number"]])
 
         # ------------------------------------------------------------ prices
         prices = pd.read_sql(
@@ -131,11 +124,10 @@ def simulate_day(root: str | Path, share: float = 0.01, seed: int = 1, at: datet
         prices = prices.drop_duplicates(["price_list", "item_number", "uom", "min_qty"])
         chg = prices.sample(n=max(1, int(round(len(prices) * share))), random_state=seed)
         new_price = np.round(chg["unit_price"].astype(float).to_numpy() * 1.1 + 0.25, 2)
-        t = _times(rng, at, span, len(chg))
-        erp.executemany("UPDATE erp_price SET unit_price = ?, updated_at = ? WHERE price_list = ? AND item_number = ? "
-                        "AND uom = ? AND min_qty = ?",
-                        zip([f"{v:.4f}" for v in new_price], map(_erp_ts, t), chg["price_list"], chg["item_number"],
-                            chg["uom"], chg["min_qty"].astype(int).tolist()))
+        edit(erp, _erp_ts, "UPDATE erp_price SET unit_price = ?, updated_at = ? WHERE price_list = ? AND item_number = ? "
+             "AND uom = ? AND min_qty = ?",
+             [chg["price_list"], chg["item_number"], chg["uom"], chg["min_qty"].astype(int).tolist()],
+             [f"{v:.4f}" for v in new_price])
         truth.add("day_erp_price_change", "price", "crm", chg["crm_id"], "unit_price", [f"{v:.4f}" for v in new_price])
         erp.commit()
         crm.commit()

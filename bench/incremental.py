@@ -131,6 +131,9 @@ def main() -> None:
                    help="overlap behind the watermark (default 0 here: the preparing full runs end minutes "
                         "before the measured run, so the configured overlap would re-read their own corrections, "
                         "which hours between real runs would not)")
+    p.add_argument("--prepared", help="keep the prepared landscape (two full runs and the simulated day) in this "
+                   "folder and reuse it when it is there: the timed runs then start from the same state "
+                   "without the preparing runs (for iterating on the engine)")
     p.add_argument("--child", choices=["full", "incremental"], help=argparse.SUPPRESS)
     p.add_argument("--home", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -138,14 +141,33 @@ def main() -> None:
         print(json.dumps(run_mode(args.child, Path(args.home), args.lookback_minutes)))
         return
 
-    from sandbox.changes import simulate_day
-    from sandbox.generator import build
-    from sandbox.score import score
-    from trueup.state import StateStore
-
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     base = work / "base"
+    truth_csv = work / "truth.csv"
+    kept = Path(args.prepared) if args.prepared else None
+    if kept and (kept / "truth.csv").exists():
+        shutil.copytree(kept / "base", base)
+        shutil.copy(kept / "truth.csv", truth_csv)
+        print(f"reusing the prepared landscape in {kept}", flush=True)
+    else:
+        _prepare(args, base, truth_csv)
+        if kept:
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(base, kept / "base")
+            shutil.copy(truth_csv, kept / "truth.csv")
+    for mode in ("incremental", "full"):
+        shutil.copytree(base, work / mode)
+    inc = _child("incremental", work / "incremental", args.lookback_minutes)
+    full = _child("full", work / "full", args.lookback_minutes)
+    _print(args, work, truth_csv, inc, full)
+
+
+def _prepare(args, base: Path, truth_csv: Path) -> None:
+    """The landscape, reconciled fully twice, then a simulated day of edits (ground truth to truth_csv)."""
+    from sandbox.changes import simulate_day
+    from sandbox.generator import build
+
     t = time.perf_counter()
     if args.size:
         from bench.landscape import landscape
@@ -162,13 +184,14 @@ def main() -> None:
         f = _child("full", base)
         print(f"prepare: full run {i}: {f['seconds']}s, {f['applied']} applied", flush=True)
     truth = simulate_day(base / "demo", share=args.share, seed=5, at=datetime.now(timezone.utc))
-    truth_csv = work / "truth.csv"
     truth.to_csv(truth_csv, index=False)
     print(f"simulated a day: {args.share:.1%} of the records edited, {len(truth)} discrepancies caused", flush=True)
-    for mode in ("incremental", "full"):
-        shutil.copytree(base, work / mode)
-    inc = _child("incremental", work / "incremental", args.lookback_minutes)
-    full = _child("full", work / "full", args.lookback_minutes)
+
+
+def _print(args, work: Path, truth_csv: Path, inc: dict, full: dict) -> None:
+    from sandbox.score import score
+    from trueup.state import StateStore
+
     s = score(truth_csv, StateStore(f"sqlite:///{work / 'incremental' / 'state.db'}").ledger(inc["run_id"]))
     sf = score(truth_csv, StateStore(f"sqlite:///{work / 'full' / 'state.db'}").ledger(full["run_id"]))
     print()

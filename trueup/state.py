@@ -21,8 +21,10 @@ file by default; PostgreSQL in production), queryable with plain SQL.
 
 from __future__ import annotations
 
+import collections
 import json
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -55,7 +57,7 @@ def _change_columns(key_index: bool = False) -> list[sa.Column]:
 ledger = sa.Table(
     "ledger", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(64), index=True),
+    sa.Column("run_id", sa.String(64)),  # indexed by the pairs below
     sa.Column("change_id", sa.String(64), index=True),
     *_change_columns(),
     # attempting | applied | unchanged | rejected | retryable_error | interrupted
@@ -66,9 +68,11 @@ ledger = sa.Table(
     sa.Column("rule", sa.String(256)),
     sa.Column("severity", sa.String(16)),
     sa.Column("at", sa.DateTime(timezone=True)),
-    # a run's ledger rows are replaced by change id (journal, then outcome): without the pair the
-    # database walks every row of the run per batch, quadratic in a run's size
+    sa.Column("batch_id", sa.String(32)),  # the write batch the change was sent in (journal -> outcome)
+    # a re-executed step replaces the run's rows by change id, and a batch's outcome lands by batch:
+    # without these pairs the database walks every row of the run per batch (quadratic in its size)
     sa.Index("ix_ledger_run_change", "run_id", "change_id"),
+    sa.Index("ix_ledger_run_batch", "run_id", "batch_id"),
 )
 
 quarantine = sa.Table(
@@ -276,27 +280,40 @@ class StateStore:
                 "rule": p["rule"], "severity": p["severity"], "at": now})
         return rows
 
-    def _replace(self, c, run_id: str, rows: list[dict]) -> None:
-        ids = [r["change_id"] for r in rows]
-        for i in range(0, len(ids), 500):
-            c.execute(sa.delete(ledger).where(ledger.c.run_id == run_id,
-                                              ledger.c.change_id.in_(ids[i:i + 500])))
-        if rows:
-            c.execute(sa.insert(ledger), rows)
-
-    def record_attempting(self, run_id: str, entity: str, plan: pa.Table) -> None:
-        """Journal the changes about to be sent, before they are sent: if the run dies mid-write,
-        the ledger still says they were attempted."""
-        if plan.num_rows == 0:
+    def _replace(self, c, run_id: str, entity: str, rows: list[dict]) -> None:
+        """Write these ledger rows, replacing the run's earlier rows for the same changes (a
+        re-executed step). Statements run once per row, compiled once: SQLAlchemy compiles an
+        IN list of hundreds of ids anew each time, which cost more than the writes."""
+        if not rows:
             return
+        if c.execute(sa.select(ledger.c.id).where(ledger.c.run_id == run_id, ledger.c.entity == entity)
+                     .limit(1)).first() is not None:  # the rare re-execution: the run has rows already
+            c.execute(sa.delete(ledger).where(ledger.c.run_id == run_id,
+                                              ledger.c.change_id == sa.bindparam("cid")),
+                      [{"cid": r["change_id"]} for r in rows])
+        c.execute(sa.insert(ledger), rows)
+
+    def record_attempting(self, run_id: str, entity: str, plan: pa.Table) -> str | None:
+        """Journal the changes about to be sent, before they are sent: if the run dies mid-write,
+        the ledger still says they were attempted. Returns the batch's id for `record`."""
+        if plan.num_rows == 0:
+            return None
+        batch = uuid.uuid4().hex
         by_id = {cid: {"status": "attempting", "error": None, "attempts": 1}
                  for cid in plan.column("change_id").to_pylist()}
+        rows = self._ledger_rows(run_id, entity, plan, by_id, _now())
+        for r in rows:
+            r["batch_id"] = batch
         with self.engine.begin() as c:
-            self._replace(c, run_id, self._ledger_rows(run_id, entity, plan, by_id, _now()))
+            self._replace(c, run_id, entity, rows)
+        return batch
 
-    def record(self, run_id: str, entity: str, plan: pa.Table, outcomes: pa.Table) -> None:
+    def record(self, run_id: str, entity: str, plan: pa.Table, outcomes: pa.Table,
+               batch_id: str | None = None) -> None:
         """One ledger row per plan row with its outcome. Re-recording the same run replaces its
-        rows for those changes, so a re-executed step never doubles the ledger.
+        rows for those changes, so a re-executed step never doubles the ledger. With `batch_id`
+        (from `record_attempting`) the journalled rows get their outcomes in place: one UPDATE
+        for the batch's usual outcome, one per row only for the changes that fared otherwise.
 
         Also settles what earlier runs left open for the same changes: `attempting` rows of a
         killed run (in place now -> applied, else interrupted), dead letters (applied or found
@@ -308,9 +325,29 @@ class StateStore:
         now = _now()
         rows = self._ledger_rows(run_id, entity, plan, by_id, now)
         with self.engine.begin() as c:
-            self._replace(c, run_id, rows)
+            if batch_id is None:
+                self._replace(c, run_id, entity, rows)
+            else:
+                self._settle_batch(c, run_id, batch_id, rows, now)
             self._settle_attempts(c, run_id, rows, now)
             self._dead_letter(c, run_id, rows, now)
+
+    @staticmethod
+    def _settle_batch(c, run_id: str, batch_id: str, rows: list[dict], now) -> None:
+        def outcome(r: dict) -> tuple:
+            return r["status"], r["error"], r["attempts"], r["retries"]
+
+        usual = collections.Counter(outcome(r) for r in rows).most_common(1)[0][0]
+        status, error, attempts, retries = usual
+        c.execute(sa.update(ledger).where(ledger.c.run_id == run_id, ledger.c.batch_id == batch_id)
+                  .values(status=status, error=error, attempts=attempts, retries=retries, at=now))
+        others = [{"cid": r["change_id"], "s": r["status"], "e": r["error"], "a": r["attempts"],
+                   "r": r["retries"]} for r in rows if outcome(r) != usual]
+        if others:
+            c.execute(sa.update(ledger).where(ledger.c.run_id == run_id, ledger.c.batch_id == batch_id,
+                                              ledger.c.change_id == sa.bindparam("cid"))
+                      .values(status=sa.bindparam("s"), error=sa.bindparam("e"), attempts=sa.bindparam("a"),
+                              retries=sa.bindparam("r")), others)
 
     def unsettled(self, run_id: str, entity: str, system: str) -> pa.Table:
         """Changes earlier runs sent and never got an outcome for (the run died mid-write)."""
@@ -332,51 +369,77 @@ class StateStore:
                               .values(status=status, error=note))
 
     def _settle_attempts(self, c, run_id: str, rows: list[dict], now) -> None:
+        candidates = [r["change_id"] for r in rows if r["status"] in ("unchanged", "applied")]
+        if not candidates:
+            return
+        # one look (an index probe per id) for attempts other runs left open; usually there are none
+        look = sa.select(ledger.c.change_id).where(
+            ledger.c.change_id.in_(sa.bindparam("ids", expanding=True)), ledger.c.run_id != run_id,
+            ledger.c.status == "attempting")
+        open_ids = {cid for i in range(0, len(candidates), 500)
+                    for cid in c.execute(look, {"ids": candidates[i:i + 500]}).scalars()}
         for status, note in (("unchanged", "applied"), ("applied", "interrupted")):
-            ids = [r["change_id"] for r in rows if r["status"] == status]
-            for i in range(0, len(ids), 500):
+            ids = [{"cid": r["change_id"]} for r in rows if r["status"] == status and r["change_id"] in open_ids]
+            if ids:
                 c.execute(sa.update(ledger).where(
                     ledger.c.run_id != run_id, ledger.c.status == "attempting",
-                    ledger.c.change_id.in_(ids[i:i + 500])).values(
+                    ledger.c.change_id == sa.bindparam("cid")).values(
                     status=note,
                     error=(f"run interrupted before the outcome was recorded; run {run_id} found the "
                            f"value in place" if note == "applied" else
                            f"run interrupted before the outcome was recorded; the write had not landed "
-                           f"(run {run_id} applied it)")))
+                           f"(run {run_id} applied it)")), ids)
 
     def _dead_letter(self, c, run_id: str, rows: list[dict], now) -> None:
+        # statements are executed per row but compiled once, and only for the rows an open dead
+        # letter concerns: a batch rebuilt per row cost more than the writes it records
+        entities = sorted({r["entity"] for r in rows})
+        open_ = lambda: c.execute(sa.select(  # noqa: E731
+            dead_letters.c.change_id, dead_letters.c.system, dead_letters.c.entity,
+            dead_letters.c.target_key, dead_letters.c.field).where(
+            dead_letters.c.status == "open", dead_letters.c.entity.in_(entities))).all()
         done = [r for r in rows if r["status"] in ("applied", "unchanged")]
         if done and self._has_open_dead_letters(c):
-            for r in done:  # the change set, not a table
+            open_fields = {(o.system, o.entity, o.target_key, o.field) for o in open_()}
+            hits = [{"sys": r["system"], "ent": r["entity"], "key": r["target_key"], "fld": r["field"],
+                     "cid": r["change_id"], "note": "applied" if r["status"] == "applied" else "found in place"}
+                    for r in done if (r["system"], r["entity"], r["target_key"], r["field"]) in open_fields]
+            if hits:
                 c.execute(sa.update(dead_letters).where(
-                    dead_letters.c.status == "open", dead_letters.c.system == r["system"],
-                    dead_letters.c.entity == r["entity"], dead_letters.c.target_key == r["target_key"],
-                    dead_letters.c.field == r["field"]).values(
-                    status=sa.case((dead_letters.c.change_id == r["change_id"], "resolved"),
+                    dead_letters.c.status == "open", dead_letters.c.system == sa.bindparam("sys"),
+                    dead_letters.c.entity == sa.bindparam("ent"),
+                    dead_letters.c.target_key == sa.bindparam("key"),
+                    dead_letters.c.field == sa.bindparam("fld")).values(
+                    status=sa.case((dead_letters.c.change_id == sa.bindparam("cid"), "resolved"),
                                    else_="superseded"),
-                    resolved_run_id=run_id, resolved_at=now,
-                    note="applied" if r["status"] == "applied" else "found in place"))
+                    resolved_run_id=run_id, resolved_at=now, note=sa.bindparam("note")), hits)
         failed = [r for r in rows if r["status"] in FAILED
                   or (r["status"] == "rejected" and (r["attempts"] or 0) > 0)]
-        for r in failed:
-            hit = c.execute(sa.update(dead_letters).where(
-                dead_letters.c.status == "open", dead_letters.c.change_id == r["change_id"]).values(
-                reason=r["error"], last_run_id=run_id, last_failed_at=now,
-                attempts=dead_letters.c.attempts + (r["attempts"] or 0),
-                failures=dead_letters.c.failures + 1))
-            if hit.rowcount == 0:
-                c.execute(sa.insert(dead_letters).values(
-                    change_id=r["change_id"], system=r["system"], entity=r["entity"],
-                    target_key=r["target_key"], golden_id=r["golden_id"], field=r["field"],
-                    action=r["action"], old_value=r["old_value"], new_value=r["new_value"],
-                    rule=r["rule"], severity=r["severity"], reason=r["error"],
-                    attempts=r["attempts"] or 0, failures=1, first_run_id=run_id, last_run_id=run_id,
-                    first_failed_at=now, last_failed_at=now, status="open"))
+        if not failed:
+            return
+        open_ids = {o.change_id for o in open_()} if self._has_open_dead_letters(c) else set()
+        again = [{"cid": r["change_id"], "reason": r["error"], "n": r["attempts"] or 0}
+                 for r in failed if r["change_id"] in open_ids]
+        if again:
+            c.execute(sa.update(dead_letters).where(
+                dead_letters.c.status == "open", dead_letters.c.change_id == sa.bindparam("cid")).values(
+                reason=sa.bindparam("reason"), last_run_id=run_id, last_failed_at=now,
+                attempts=dead_letters.c.attempts + sa.bindparam("n"), failures=dead_letters.c.failures + 1),
+                again)
+        first = [dict(change_id=r["change_id"], system=r["system"], entity=r["entity"],
+                      target_key=r["target_key"], golden_id=r["golden_id"], field=r["field"],
+                      action=r["action"], old_value=r["old_value"], new_value=r["new_value"],
+                      rule=r["rule"], severity=r["severity"], reason=r["error"],
+                      attempts=r["attempts"] or 0, failures=1, first_run_id=run_id, last_run_id=run_id,
+                      first_failed_at=now, last_failed_at=now, status="open")
+                 for r in failed if r["change_id"] not in open_ids]
+        if first:
+            c.execute(sa.insert(dead_letters), first)
 
     @staticmethod
     def _has_open_dead_letters(c) -> bool:
-        return c.execute(sa.select(sa.func.count()).select_from(dead_letters)
-                         .where(dead_letters.c.status == "open")).scalar() > 0
+        return c.execute(sa.select(dead_letters.c.id).where(dead_letters.c.status == "open")
+                         .limit(1)).first() is not None
 
     def ledger(self, run_id: str | None = None) -> pa.Table:
         stmt = sa.select(ledger)

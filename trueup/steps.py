@@ -142,19 +142,18 @@ def writeback(domain: str, plan: pa.Table, clients: dict[str, SystemClient], con
         plan_rows = go.select(PLAN_SCHEMA.names)
 
         recorded: dict[str, WriteResult] = {}  # outcomes the journal already put in the ledger
+        position = {c: i for i, c in enumerate(plan_rows.column("change_id").to_pylist())}
+        batch: dict[str, str | None] = {}
 
-        def journal(ids: list[str], results, _rows=plan_rows, _done=recorded) -> None:
-            part = _rows.filter(pc.is_in(_rows.column("change_id"), pa.array(ids, pa.string())))
+        def journal(ids: list[str], results, _rows=plan_rows, _done=recorded, _at=position, _batch=batch) -> None:
+            part = _rows.take(pa.array([_at[c] for c in ids], pa.int64()))
             if results is None:
-                state.record_attempting(run_id, domain, part)
+                _batch["id"] = state.record_attempting(run_id, domain, part)
                 return
-            by_id = dict(zip(ids, results))
-            cids = part.column("change_id").to_pylist()
             state.record(run_id, domain, part, pa.table({
-                "change_id": cids, "status": [by_id[c].status for c in cids],
-                "error": [by_id[c].error for c in cids],
-                "attempts": [by_id[c].attempts for c in cids]}, schema=OUTCOME_SCHEMA))
-            _done.update(by_id)
+                "change_id": ids, "status": [r.status for r in results], "error": [r.error for r in results],
+                "attempts": [r.attempts for r in results]}, schema=OUTCOME_SCHEMA), batch_id=_batch.pop("id", None))
+            _done.update(zip(ids, results))
 
         try:
             outcome = apply_plan(clients[system], system, domain, config.systems.entity(system, domain),

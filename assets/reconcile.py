@@ -11,7 +11,7 @@ from checks.asset_checks import contract_result, contract_spec, gate_result, gat
 from resources.project import BUCKET_META, COLUMNS_META, TrueupSettings
 from resources.state import StateStoreResource
 from trueup import matching, reconcile, steps
-from trueup.reconcile import CROSSWALK_SCHEMA
+from trueup.crosswalk import CrosswalkStore
 
 GATE_KEY = b"trueup.gate"  # plan metadata: {system: reason} for systems nothing may be written to
 
@@ -87,7 +87,8 @@ def domain_assets(domain: str, systems: list[str], config) -> list[dg.AssetsDefi
     def matched(context: dg.AssetExecutionContext, trueup: TrueupSettings, staged: pa.Table):
         wh = trueup.warehouse
         issues = wh.read("quarantine", domain)
-        crosswalk = wh.read("state", "crosswalk", domain)
+        xw = CrosswalkStore(wh, domain)
+        crosswalk = xw.read()
         # records without a usable cross-reference: probabilistic matching, decisions persisted
         res = matching.match_domain(domain, staged, trueup.config, previous=wh.read("state", "match_links", domain),
                                     decisions=wh.read("state", "review_decisions", domain))
@@ -106,7 +107,7 @@ def domain_assets(domain: str, systems: list[str], config) -> list[dg.AssetsDefi
         out, crosswalk = reconcile.match(domain, staged, crosswalk, issues, links=links, apart=apart)
         if buckets > 1:
             out = reconcile.with_buckets(out, buckets)
-        wh.write(crosswalk.cast(CROSSWALK_SCHEMA), "state", "crosswalk", domain)
+        xw.replace(crosswalk)
         context.add_output_metadata({
             "records": out.num_rows, "golden_records": pc.count_distinct(out.column("golden_id")).as_py(),
             "held_in_quarantine": out.filter(out.column("held")).num_rows, **match_md})
@@ -159,18 +160,19 @@ def domain_assets(domain: str, systems: list[str], config) -> list[dg.AssetsDefi
 GATE_COLUMNS = ["source_system", "source_key"]  # what the gate reads of the matched records
 
 
-def gate_plan(context: dg.AssetExecutionContext, domain: str, plan: pa.Table, records: pa.Table, cfg
-              ) -> tuple[pa.Table, dict[str, str], list[dg.AssetCheckResult]]:
+def gate_plan(context: dg.AssetExecutionContext, domain: str, plan: pa.Table, records: pa.Table, cfg,
+              record_counts: dict[str, int] | None = None) -> tuple[pa.Table, dict[str, str], list[dg.AssetCheckResult]]:
     """The gate over a plan, per target system (`records`: every record of each system, by
-    source_system and source_key): the plan with the verdict in its metadata (the write-back steps
-    enforce it), the blocked systems with the reason, and one check result per target."""
+    source_system and source_key, or only those under the plan's keys with `record_counts` the
+    systems' sizes): the plan with the verdict in its metadata (the write-back steps enforce it),
+    the blocked systems with the reason, and one check result per target."""
     from checks.gates import evaluate
 
     wb = cfg.settings.write_back
     allow = {s.strip() for s in context.run.tags.get("trueup/allow_large_plan", "").split(",") if s.strip()}
     required = {s: cfg.systems.entity(s, domain).required for s in cfg.systems.systems_with(domain)}
     gates = evaluate(domain, plan, records, required=required, max_share=wb.max_change_share,
-                     min_records=wb.min_records, allow_large=allow)
+                     min_records=wb.min_records, allow_large=allow, record_counts=record_counts)
     blocked = {s: g.reason() for s, g in gates.items() if not g.passed}
     checks = [gate_result(gates[s]) if s in gates else
               dg.AssetCheckResult(check_name=f"gate_{s}", passed=True, description="no changes planned")

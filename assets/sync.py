@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 from assets.reconcile import GATE_KEY, gate_plan, report_outcomes, writeback_targets
 from checks.asset_checks import gate_spec
 from trueup import incremental, matching, steps
+from trueup.crosswalk import CrosswalkStore
 from trueup.incremental import PARTITION
-from trueup.reconcile import CROSSWALK_SCHEMA
 
 WINDOW_TAG = "trueup/window"
 GROUP = "sync"
@@ -105,15 +105,16 @@ def sync_plan_asset(domain: str, systems: list[str], partitions, config) -> dg.A
         depends = incremental.depends_table(domain, {dep[0]: up["upstream"]}) if dep else None
         links, apart = matching.persisted(wh.read("state", "match_links", domain),
                                           wh.read("match_exceptions", domain))
-        res = incremental.sync_plan(domain, changes, clients, cfg, wh.read("state", "crosswalk", domain),
+        xw = CrosswalkStore(wh, domain)
+        res = incremental.sync_plan(domain, changes, clients, cfg, xw,
                                     issues=wh.read("quarantine", "sync", domain, _label(context)),
                                     depends=depends, links=links, apart=apart,
                                     extracted_at=datetime.now(timezone.utc))
-        wh.write(res.crosswalk.cast(CROSSWALK_SCHEMA), "state", "crosswalk", domain)
+        xw.add(res.crosswalk)
         # the same gate as the nightly plan; a system's records are every record of it the
         # crosswalk knows (a sync run reads only the changed ones)
-        known = res.crosswalk.filter(pc.equal(res.crosswalk.column("domain"), domain))
-        plan, blocked, checks = gate_plan(context, domain, res.plan, known, cfg)
+        plan, blocked, checks = gate_plan(context, domain, res.plan, xw.keys_of(res.plan), cfg,
+                                          record_counts=xw.counts())
         f = res.figures
         yield dg.Output(plan, metadata={
             "changes": plan.num_rows, "golden_records_touched": f["golden_records_touched"],

@@ -41,6 +41,7 @@ def run_mode(mode: str, home: Path, lookback_minutes: float | None = None) -> di
     from sandbox.wms import WmsSandbox
     from trueup import incremental, reconcile, steps
     from trueup.config import Config
+    from trueup.crosswalk import CrosswalkStore
     from trueup.lookups import calling_codes, countries
     from trueup.state import StateStore
     from trueup.systems.files import FileSystem
@@ -73,8 +74,9 @@ def run_mode(mode: str, home: Path, lookback_minutes: float | None = None) -> di
                         clients[x], domain, raw[x], config.systems.entity(x, domain).updated_at))
                 rows_read += sum(t.num_rows for t in raw.values())
                 st = steps.stage(domain, raw, config)
-                matched, cw = reconcile.match(domain, st.table, wh.read("state", "crosswalk", domain), st.issues)
-                wh.write(cw, "state", "crosswalk", domain)
+                xw = CrosswalkStore(wh, domain)
+                matched, cw = reconcile.match(domain, st.table, xw.read(), st.issues)
+                xw.replace(cw)
                 golden = reconcile.build_golden(domain, matched, config, date.today())
                 plan = reconcile.build_plan(domain, matched, golden, config, st.tombstones)
                 out = steps.writeback(domain, plan, clients, config, state, run_id)
@@ -92,11 +94,11 @@ def run_mode(mode: str, home: Path, lookback_minutes: float | None = None) -> di
                 changed[domain] = ch
                 rows_read += sum(ch.read.values())
             for domain in DOMAINS:
+                xw = CrosswalkStore(wh, domain)
                 res = incremental.sync_plan(
-                    domain, changed[domain].table, clients, config, wh.read("state", "crosswalk", domain),
-                    issues=changed[domain].issues,
+                    domain, changed[domain].table, clients, config, xw, issues=changed[domain].issues,
                     depends=incremental.depends_table(domain, {d: c.table for d, c in changed.items()}))
-                wh.write(res.crosswalk, "state", "crosswalk", domain)
+                xw.add(res.crosswalk)
                 rows_read += sum(res.figures["counterparts_read"].values())
                 out = steps.writeback(domain, res.plan.drop_columns(["partition_key"]), clients, config, state, run_id)
                 planned += res.plan.num_rows

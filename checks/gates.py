@@ -40,8 +40,10 @@ class GateResult:
 
 
 def evaluate(domain: str, plan: pa.Table, staged: pa.Table, *, required: dict[str, list[str]],
-             max_share: float, min_records: int = 20, allow_large: set[str] | None = None) -> dict[str, GateResult]:
-    """Gate verdict per target system of the plan. `staged` gives each system's records and keys;
+             max_share: float, min_records: int = 20, allow_large: set[str] | None = None,
+             record_counts: dict[str, int] | None = None) -> dict[str, GateResult]:
+    """Gate verdict per target system of the plan. `staged` gives each system's records and keys
+    (at least those under the plan's target keys when `record_counts` gives each system's size);
     `required` the canonical fields each system requires."""
     allow_large = allow_large or set()
     con = connect()
@@ -53,6 +55,8 @@ def evaluate(domain: str, plan: pa.Table, staged: pa.Table, *, required: dict[st
         con.register("p", rows)
         counts = fetch(con, """SELECT (SELECT count(*) FROM staged WHERE source_system = $1) AS records,
                                       (SELECT count(DISTINCT target_key) FROM p) AS changed""", [system]).to_pylist()[0]
+        if record_counts is not None:
+            counts["records"] = record_counts.get(system, 0)
         share = counts["changed"] / counts["records"] if counts["records"] else 1.0
         g = GateResult(system, rows.num_rows, counts["records"], counts["changed"], share, max_share)
         failures: dict[str, list[str]] = {}

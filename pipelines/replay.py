@@ -5,6 +5,7 @@ current values and applied (never a stored value re-sent blindly)."""
 import dagster as dg
 
 from trueup import steps
+from trueup.crosswalk import CrosswalkStore
 
 
 def replay_job(domains: list[str], systems: list[str]) -> dg.JobDefinition:
@@ -25,7 +26,7 @@ def replay_job(domains: list[str], systems: list[str]) -> dg.JobDefinition:
             holders = cfg.systems.systems_with(domain)
             clients = {s: getattr(context.resources, s).client(cfg) for s in holders}
             raw = {s: clients[s].extract(domain) for s in holders}
-            crosswalk = trueup.warehouse.read("state", "crosswalk", domain)
+            crosswalk = CrosswalkStore(trueup.warehouse, domain).read()
             wh = trueup.warehouse
             figures[domain] = steps.replay_dead_letters(
                 domain, raw, clients, cfg, store, context.run_id, crosswalk,

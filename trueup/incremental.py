@@ -24,6 +24,8 @@ import pyarrow.compute as pc
 
 from trueup import reconcile, steps
 from trueup.config import Config
+from trueup.crosswalk import CrosswalkStore
+from trueup.reconcile import CROSSWALK_SCHEMA
 from trueup.duck import connect, fetch, query
 from trueup.mapping import ISSUE_SCHEMA
 from trueup.model import DOMAINS, PLAN_SCHEMA
@@ -108,35 +110,45 @@ def _issues_of(con, issues: pa.Table) -> pa.Table:
 class SyncResult:
     plan: pa.Table  # PLAN_SCHEMA + partition_key
     matched: pa.Table
-    crosswalk: pa.Table
+    crosswalk: pa.Table  # what the run adds to the crosswalk: records new to it or moved
     issues: pa.Table
     tombstones: pa.Table
     figures: dict = field(default_factory=dict)
 
 
-def sync_plan(domain: str, changes: pa.Table, clients: dict, config: Config, crosswalk: pa.Table | None,
+def sync_plan(domain: str, changes: pa.Table, clients: dict, config: Config,
+              crosswalk: CrosswalkStore | pa.Table | None,
               *, issues: pa.Table | None = None, depends: pa.Table | None = None,
               links: pa.Table | None = None, apart: pa.Table | None = None,
               as_of: date | None = None, extracted_at: datetime | None = None) -> SyncResult:
     """The plan for the golden records `changes` touch (plus `depends`: extra match keys with
     their partition, e.g. the SKUs of changed prices for products), each plan row tagged with the
-    earliest day a change touched its golden record. `links` / `apart` are the last full run's
+    earliest day a change touched its golden record. The crosswalk is read by key (a store's
+    files are queried, not loaded); the result's `crosswalk` is only what the run adds to it.
+    `links` / `apart` are the last full run's
     matching decisions (`matching.persisted`): a record it set apart (a wrong cross-reference, a
     duplicate account, a match awaiting review) is not corrected on its key's word here either."""
-    if crosswalk is None or crosswalk.num_rows == 0:
+    con = connect()
+    if isinstance(crosswalk, CrosswalkStore):
+        known = crosswalk.register(con, "crosswalk")
+    else:
+        known = crosswalk is not None and crosswalk.num_rows > 0
+        if known:
+            con.register("crosswalk", crosswalk)
+    if not known:
+        con.close()
         raise ValueError(f"{domain}: no crosswalk yet: run the nightly full reconciliation once before "
                          f"incremental syncs (it assigns the golden ids they build on)")
     as_of = as_of or datetime.now(timezone.utc).date()
     d = DOMAINS[domain]
     if changes.num_rows == 0 and (depends is None or depends.num_rows == 0):  # nothing touched
+        con.close()
         empty = PLAN_SCHEMA.append(pa.field(PARTITION, pa.string())).empty_table()
-        return SyncResult(empty, d.schema.empty_table(), crosswalk, ISSUE_SCHEMA.empty_table(),
+        return SyncResult(empty, d.schema.empty_table(), CROSSWALK_SCHEMA.empty_table(), ISSUE_SCHEMA.empty_table(),
                           d.schema.empty_table(), {"changed_rows": 0, "golden_records_touched": 0,
                                                    "counterparts_read": {}, "records_reconciled": 0,
                                                    "changes_planned": 0})
-    con = connect()
     con.register("changes", changes)
-    con.register("crosswalk", crosswalk)
     con.register("depends", depends if depends is not None else
                  pa.table({"match_key": pa.array([], pa.string()), PARTITION: pa.array([], pa.string())}))
     parent = ("UNION ALL SELECT cw.golden_id, ch.partition_key FROM changes ch JOIN cw "
@@ -170,7 +182,23 @@ def sync_plan(domain: str, changes: pa.Table, clients: dict, config: Config, cro
     tombstones = pa.concat_tables([dead_changes, fetched.tombstones])
     all_issues = pa.concat_tables([issues if issues is not None else ISSUE_SCHEMA.empty_table(), fetched.issues])
 
-    matched, new_cw = reconcile.match(domain, subset, crosswalk, all_issues, links=links, apart=apart)
+    # the crosswalk rows this match can meet: the touched golden records' members, the records
+    # read, and their parents (a ship-to keeps its sold-to's golden id)
+    con.register("subset", subset.select(["source_system", "source_key"] +
+                                         (["parent_key"] if "parent_key" in d.field_names else [])))
+    parents = ("UNION SELECT source_system, parent_key FROM subset WHERE parent_key IS NOT NULL"
+               if "parent_key" in d.field_names else "")
+    cw_slice = fetch(con, f"""
+        WITH k AS (SELECT source_system, source_key FROM subset {parents})
+        SELECT cw.* FROM crosswalk cw WHERE cw.domain = $1 AND (
+            cw.golden_id IN (SELECT golden_id FROM affected)
+            OR EXISTS (SELECT 1 FROM k WHERE k.source_system = cw.source_system AND k.source_key = cw.source_key))""",
+                     [domain]).cast(CROSSWALK_SCHEMA)
+    matched, new_cw = reconcile.match(domain, subset, cw_slice, all_issues, links=links, apart=apart)
+    con.register("cw_slice", cw_slice)
+    con.register("new_cw", new_cw)
+    # what this run adds to the crosswalk: records new to it or moved to another golden record
+    moved = fetch(con, "SELECT * FROM new_cw EXCEPT SELECT * FROM cw_slice").cast(CROSSWALK_SCHEMA)
     golden = reconcile.build_golden(domain, matched, config, as_of)
     plan = reconcile.build_plan(domain, matched, golden, config, tombstones)
 
@@ -189,7 +217,7 @@ def sync_plan(domain: str, changes: pa.Table, clients: dict, config: Config, cro
     figures = {"changed_rows": changes.num_rows, "golden_records_touched": affected.num_rows,
                "counterparts_read": {s: t.num_rows for s, t in fetched_raw.items()},
                "records_reconciled": matched.num_rows, "changes_planned": plan.num_rows}
-    return SyncResult(plan, matched, new_cw, all_issues, tombstones, figures)
+    return SyncResult(plan, matched, moved, all_issues, tombstones, figures)
 
 
 def depends_table(domain: str, upstream_changes: dict[str, pa.Table]) -> pa.Table | None:

@@ -22,7 +22,10 @@ class Warehouse:
         return self.root.joinpath(*parts).with_suffix(".parquet")
 
     def write(self, table: pa.Table, *parts: str, row_group_size: int | None = None) -> Path:
-        path = self.path(*parts)
+        return self.write_path(table, self.path(*parts), row_group_size=row_group_size)
+
+    @staticmethod
+    def write_path(table: pa.Table, path: Path, row_group_size: int | None = None) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
@@ -32,7 +35,10 @@ class Warehouse:
     def read(self, *parts: str, columns: list[str] | None = None, filters=None) -> pa.Table | None:
         """The table (only `columns`, only rows passing `filters`: row groups whose statistics
         rule them out are not read), or None if it was never written."""
-        path = self.path(*parts)
+        return self.read_path(self.path(*parts), columns=columns, filters=filters)
+
+    @staticmethod
+    def read_path(path: Path, columns: list[str] | None = None, filters=None) -> pa.Table | None:
         return pq.read_table(path, columns=columns, filters=filters) if path.exists() else None
 
     def exists(self, *parts: str) -> bool:

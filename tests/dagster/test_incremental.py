@@ -19,7 +19,9 @@ from assets.sync import WINDOW_TAG
 from pipelines.definitions import build_definitions
 from sandbox.changes import simulate_day
 from sandbox.score import score
+from trueup.crosswalk import CrosswalkStore
 from trueup.state import StateStore
+from trueup.warehouse import Warehouse
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +108,7 @@ def test_d_deleted_crm_account_is_deactivated_in_the_erp_not_lost(after_day):
         ids = [r[0] for r in crm.execute(f"SELECT id FROM accounts WHERE deleted = 'true' AND erp_number IN "
                                          f"({','.join('?' * len(keys))})", keys)]
     assert len(ids) == len(keys)
-    crosswalk = pq.read_table(home / "warehouse" / "state" / "crosswalk" / "customer.parquet").to_pandas()
+    crosswalk = CrosswalkStore(Warehouse(home / "warehouse"), "customer").read().to_pandas()
     assert set(ids) <= set(crosswalk.loc[crosswalk["source_system"] == "crm", "source_key"])
     led = _store(home).ledger(result.run_id).to_pandas()
     deact = led[(led["action"] == "deactivate")]
@@ -204,7 +206,7 @@ def test_b_backfill_of_three_days_equals_three_daily_runs(reconciled, tmp_path):
             pd.testing.assert_frame_equal(a[name], b[name], check_dtype=False, obj=name)
     assert sum(len(a[f"{d}_changes/{k}"]) for d in ("customer", "price") for k in keys) > 0
     for domain in ("customer", "product", "price", "inventory"):
-        cw = [pq.read_table(h / "warehouse" / "state" / "crosswalk" / f"{domain}.parquet").to_pandas()
+        cw = [CrosswalkStore(Warehouse(h / "warehouse"), domain).read().to_pandas()
               .sort_values(["source_system", "source_key"]).reset_index(drop=True) for h in (one, daily)]
         pd.testing.assert_frame_equal(*cw)
     cols = ["change_id", "system", "target_key", "field", "new_value", "status"]

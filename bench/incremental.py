@@ -151,6 +151,15 @@ def main() -> None:
     if kept and (kept / "truth.csv").exists():
         shutil.copytree(kept / "base", base)
         shutil.copy(kept / "truth.csv", truth_csv)
+        if (base / "demo" / "erp.sqlite").exists():  # prepared before the ERP had change indexes
+            import sqlite3
+            from contextlib import closing
+
+            from sandbox.generator import add_change_indexes
+
+            with closing(sqlite3.connect(base / "demo" / "erp.sqlite")) as db:
+                add_change_indexes(db)
+                db.commit()
         print(f"reusing the prepared landscape in {kept}", flush=True)
     else:
         _prepare(args, base, truth_csv)

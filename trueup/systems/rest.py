@@ -23,6 +23,7 @@ from trueup.config import SystemConfig
 from trueup.writeback import WriteOp, WriteResult
 
 log = logging.getLogger(__name__)
+URL_IDS_BUDGET = 6000  # characters of ids in one look-up URL (proxies commonly refuse above 8 KB)
 
 
 class RetryableHTTP(Exception):
@@ -116,11 +117,20 @@ class RestSystem:
         return self._to_arrow(entity, self._pages(entity, params))
 
     def fetch_live(self, entity: str, keys: list[str]) -> pa.Table:
+        """The current records of these ids, a page of ids per request (as many as fit a URL
+        every proxy accepts: ~6 KB of ids, at most a page)."""
         rows: list[dict] = []
-        for i in range(0, len(keys), 100):
-            resp, _ = self._request("GET", f"/api/v1/{self._resource(entity)}",
-                                    params={"ids": ",".join(keys[i:i + 100]), "limit": 100})
-            rows.extend(resp.json()["data"])
+        chunk: list[str] = []
+        size = 0
+        for k in [*keys, None]:
+            if chunk and (k is None or len(chunk) == self.page_size or size + len(k) + 1 > URL_IDS_BUDGET):
+                resp, _ = self._request("GET", f"/api/v1/{self._resource(entity)}",
+                                        params={"ids": ",".join(chunk), "limit": len(chunk)})
+                rows.extend(resp.json()["data"])
+                chunk, size = [], 0
+            if k is not None:
+                chunk.append(k)
+                size += len(k) + 1
         return self._to_arrow(entity, rows)
 
     def write(self, entity: str, ops: list[WriteOp]) -> list[WriteResult]:

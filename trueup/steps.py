@@ -143,6 +143,7 @@ def writeback(domain: str, plan: pa.Table, clients: dict[str, SystemClient], con
 
         recorded: dict[str, WriteResult] = {}  # outcomes the journal already put in the ledger
         position = {c: i for i, c in enumerate(plan_rows.column("change_id").to_pylist())}
+        state.begin_journal(run_id, domain, list(position))
         batch: dict[str, str | None] = {}
 
         def journal(ids: list[str], results, _rows=plan_rows, _done=recorded, _at=position, _batch=batch) -> None:

@@ -1,0 +1,76 @@
+"""The ledger journal: attempting before a batch is sent, outcomes in place after, a re-executed
+step replacing (never doubling) its rows, a killed run's attempts settled by the next run."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+import pyarrow as pa
+
+from trueup.model import OUTCOME_SCHEMA
+from trueup.state import StateStore
+
+
+def _plan(ids):
+    n = len(ids)
+    return pa.table({"change_id": ids, "target_system": ["erp"] * n, "target_key": [f"K-{i}" for i in ids],
+                     "golden_id": [f"G-{i}" for i in ids], "field": ["unit_price"] * n, "action": ["update"] * n,
+                     "old_value": ["1.0000"] * n, "new_value": ["2.0000"] * n, "rule": ["price owner"] * n,
+                     "severity": ["high"] * n})
+
+
+def _outcomes(ids, statuses, attempts=1):
+    return pa.table({"change_id": ids, "status": statuses,
+                     "error": [None if s == "applied" else f"{s}!" for s in statuses],
+                     "attempts": [attempts] * len(ids)}, schema=OUTCOME_SCHEMA)
+
+
+def _journal(store, run, ids, statuses):
+    store.begin_journal(run, "price", ids)
+    batch = store.record_attempting(run, "price", _plan(ids))
+    assert set(store.ledger(run).column("status").to_pylist()) == {"attempting"}
+    store.record(run, "price", _plan(ids), _outcomes(ids, statuses), batch_id=batch)
+
+
+def test_outcomes_land_in_place_and_a_re_executed_step_replaces_its_rows(tmp_path):
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    ids = ["c1", "c2", "c3", "c4"]
+    _journal(StateStore(url), "run-1", ids, ["applied", "applied", "rejected", "applied"])
+    led = {r["change_id"]: r for r in StateStore(url).ledger("run-1").to_pylist()}
+    assert [led[i]["status"] for i in ids] == ["applied", "applied", "rejected", "applied"]
+    assert led["c3"]["error"] == "rejected!" and led["c1"]["error"] is None
+    assert len({r["batch_id"] for r in led.values()}) == 1
+    assert StateStore(url).dead_letters().column("change_id").to_pylist() == ["c3"]  # a rejection after a send
+
+    # the step runs again in a new process (Dagster re-execution): same run, same changes
+    _journal(StateStore(url), "run-1", ids, ["applied", "applied", "applied", "applied"])
+    led = StateStore(url).ledger("run-1")
+    assert sorted(led.column("change_id").to_pylist()) == ids  # replaced, not doubled
+    assert set(led.column("status").to_pylist()) == {"applied"}
+    assert StateStore(url).dead_letters(status="resolved").column("change_id").to_pylist() == ["c3"]
+
+
+def test_a_killed_runs_attempts_are_settled_by_the_next_runs_outcomes(tmp_path):
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    store.begin_journal("killed", "price", ["c1", "c2"])
+    store.record_attempting("killed", "price", _plan(["c1", "c2"]))  # sent; the run died before the outcome
+    assert store.unsettled("next", "price", "erp").num_rows == 2
+    # the next run finds c1 already in place (the send had landed) and applies c2 itself
+    store.record("next", "price", _plan(["c1", "c2"]), _outcomes(["c1", "c2"], ["unchanged", "applied"], 0))
+    killed = {r["change_id"]: r["status"] for r in store.ledger("killed").to_pylist()}
+    assert killed == {"c1": "applied", "c2": "interrupted"}
+    assert store.unsettled("later", "price", "erp").num_rows == 0
+
+
+def test_an_older_store_gains_the_new_indexes_and_loses_the_retired_ones(tmp_path):
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    StateStore(url)
+    engine = sa.create_engine(url)
+    with engine.begin() as c:  # as an earlier trueup left it
+        c.exec_driver_sql("DROP INDEX ix_ledger_attempting")
+        c.exec_driver_sql("CREATE INDEX ix_ledger_change_id ON ledger (change_id)")
+        c.exec_driver_sql("CREATE INDEX ix_ledger_run_change ON ledger (run_id, change_id)")
+    StateStore(url)
+    names = {i["name"] for i in sa.inspect(engine).get_indexes("ledger")}
+    assert {"ix_ledger_attempting", "ix_ledger_run_batch"} <= names
+    assert not names & {"ix_ledger_change_id", "ix_ledger_run_change"}
+    engine.dispose()

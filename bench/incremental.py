@@ -65,26 +65,37 @@ def run_mode(mode: str, home: Path, lookback_minutes: float | None = None) -> di
                    "wms": FileSystem("wms", demo / "wms", s["wms"])}
         t0 = time.perf_counter()
         rows_read, applied, planned = 0, 0, 0
+        phases: dict[str, float] = {}
+
+        def lap(name: str, since: float) -> float:
+            now = time.perf_counter()
+            phases[name] = round(phases.get(name, 0) + now - since, 2)
+            return now
         if mode == "full":
             for domain in DOMAINS:
+                t = time.perf_counter()
                 systems = config.systems.systems_with(domain)
                 raw = {x: clients[x].extract(domain) for x in systems}
                 for x in systems:
                     state.stage_watermark(run_id, x, domain, incremental.high_water(
                         clients[x], domain, raw[x], config.systems.entity(x, domain).updated_at))
                 rows_read += sum(t.num_rows for t in raw.values())
+                t = lap(f"{domain}: extract", t)
                 st = steps.stage(domain, raw, config)
                 xw = CrosswalkStore(wh, domain)
                 matched, cw = reconcile.match(domain, st.table, xw.read(), st.issues)
                 xw.replace(cw)
                 golden = reconcile.build_golden(domain, matched, config, date.today())
                 plan = reconcile.build_plan(domain, matched, golden, config, st.tombstones)
+                t = lap(f"{domain}: stage, match, golden, plan", t)
                 out = steps.writeback(domain, plan, clients, config, state, run_id)
+                lap(f"{domain}: write-back", t)
                 planned += plan.num_rows
                 applied += sum(1 for v in out.column("status").to_pylist() if v == "applied")
         else:
             changed = {}
             for domain in ["price", "customer", "product", "inventory"]:
+                t = time.perf_counter()
                 systems = config.systems.systems_with(domain)
                 since = {x: state.since(x, domain, lookback) for x in systems}
                 ch = incremental.read_changes(domain, clients, config, since,
@@ -93,14 +104,18 @@ def run_mode(mode: str, home: Path, lookback_minutes: float | None = None) -> di
                     state.stage_watermark(run_id, x, domain, hw)
                 changed[domain] = ch
                 rows_read += sum(ch.read.values())
+                lap(f"{domain}: read changes", t)
             for domain in DOMAINS:
+                t = time.perf_counter()
                 xw = CrosswalkStore(wh, domain)
                 res = incremental.sync_plan(
                     domain, changed[domain].table, clients, config, xw, issues=changed[domain].issues,
                     depends=incremental.depends_table(domain, {d: c.table for d, c in changed.items()}))
                 xw.add(res.crosswalk)
                 rows_read += sum(res.figures["counterparts_read"].values())
+                t = lap(f"{domain}: counterparts, match, golden, plan", t)
                 out = steps.writeback(domain, res.plan.drop_columns(["partition_key"]), clients, config, state, run_id)
+                lap(f"{domain}: write-back", t)
                 planned += res.plan.num_rows
                 applied += sum(1 for v in out.column("status").to_pylist() if v == "applied")
         state.advance_watermarks(run_id)
@@ -109,7 +124,7 @@ def run_mode(mode: str, home: Path, lookback_minutes: float | None = None) -> di
     WmsSandbox(demo / "wms").process_inbound()  # the 3PL's own job, not trueup's time
     figures.update(run_id=run_id, seconds=round(elapsed, 2), rows_read=rows_read,
                    rows_per_s=round(rows_read / elapsed), changes_planned=planned, applied=applied,
-                   peak_rss_mb=round(_rss_mb(), 1))
+                   peak_rss_mb=round(_rss_mb(), 1), phases=phases)
     return figures
 
 
@@ -211,6 +226,8 @@ def _print(args, work: Path, truth_csv: Path, inc: dict, full: dict) -> None:
     for r in (full, inc):
         print(f"| {r['mode']} | {r['seconds']} | {r['rows_read']} | {r['rows_per_s']} | {r['changes_planned']} "
               f"| {r['applied']} | {r['peak_rss_mb']} ({r['rss_before_mb']}) |")
+    for r in (full, inc):
+        print(f"\n{r['mode']} run, seconds per phase: " + ", ".join(f"{k} {v}" for k, v in r["phases"].items()))
     print(f"\nlookback overlap: {args.lookback_minutes} min")
     print(f"speed-up: {full['seconds'] / inc['seconds']:.1f}x (target >= 20x)")
     print(f"landscape rows kept in sync per second: full {full['rows_read'] / full['seconds']:.0f}, "

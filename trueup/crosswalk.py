@@ -85,23 +85,25 @@ class CrosswalkStore:
     def counts(self) -> dict[str, int]:
         """Records per source system."""
         con = connect()
-        if not self.register(con):
-            return {}
-        out = dict(con.execute("SELECT source_system, count(*) FROM crosswalk GROUP BY 1").fetchall())
-        con.close()
-        return out
+        try:
+            if not self.register(con):
+                return {}
+            return dict(con.execute("SELECT source_system, count(*) FROM crosswalk GROUP BY 1").fetchall())
+        finally:
+            con.close()
 
     def keys_of(self, plan: pa.Table) -> pa.Table:
         """The records the crosswalk knows under the plan's target keys (source_system, source_key):
         what a gate needs to tell a create of a key the system already has."""
         con = connect()
-        if not self.register(con):
-            return CROSSWALK_SCHEMA.empty_table().select(["source_system", "source_key"])
-        con.register("plan", plan.select(["target_system", "target_key"]))
-        out = fetch(con, "SELECT DISTINCT cw.source_system, cw.source_key FROM crosswalk cw JOIN plan p "
-                         "ON p.target_system = cw.source_system AND p.target_key = cw.source_key")
-        con.close()
-        return out
+        try:
+            if not self.register(con):
+                return CROSSWALK_SCHEMA.empty_table().select(["source_system", "source_key"])
+            con.register("plan", plan.select(["target_system", "target_key"]))
+            return fetch(con, "SELECT DISTINCT cw.source_system, cw.source_key FROM crosswalk cw JOIN plan p "
+                              "ON p.target_system = cw.source_system AND p.target_key = cw.source_key")
+        finally:
+            con.close()
 
     def replace(self, table: pa.Table) -> None:
         """A full run's crosswalk: the new base; the deltas the run read are in it now."""

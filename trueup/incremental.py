@@ -25,10 +25,10 @@ import pyarrow.compute as pc
 from trueup import reconcile, steps
 from trueup.config import Config
 from trueup.crosswalk import CrosswalkStore
-from trueup.reconcile import CROSSWALK_SCHEMA
 from trueup.duck import connect, fetch, query
 from trueup.mapping import ISSUE_SCHEMA
 from trueup.model import DOMAINS, PLAN_SCHEMA
+from trueup.reconcile import CROSSWALK_SCHEMA
 
 PARTITION = "partition_key"  # the day (YYYY-MM-DD, UTC) a row belongs to
 # what depends on what: a changed price brings its product (the product's match key is the SKU)
@@ -125,9 +125,9 @@ def sync_plan(domain: str, changes: pa.Table, clients: dict, config: Config,
     their partition, e.g. the SKUs of changed prices for products), each plan row tagged with the
     earliest day a change touched its golden record. The crosswalk is read by key (a store's
     files are queried, not loaded); the result's `crosswalk` is only what the run adds to it.
-    `links` / `apart` are the last full run's
-    matching decisions (`matching.persisted`): a record it set apart (a wrong cross-reference, a
-    duplicate account, a match awaiting review) is not corrected on its key's word here either."""
+    `links` / `apart` are the last full run's matching decisions (`matching.persisted`): a record
+    it set apart (a wrong cross-reference, a duplicate account, a match awaiting review) is not
+    corrected on its key's word here either."""
     con = connect()
     if isinstance(crosswalk, CrosswalkStore):
         known = crosswalk.register(con, "crosswalk")

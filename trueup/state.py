@@ -232,7 +232,6 @@ class StateStore:
                 # in WAL mode NORMAL still survives a killed process (what the journal is for); only
                 # a power cut can lose the last commits, and it saves an fsync per journal write
                 cur.execute("PRAGMA synchronous=NORMAL")
-                cur.execute("PRAGMA cache_size=-262144")
                 cur.execute("PRAGMA busy_timeout=30000")
                 cur.close()
         for attempt in range(5):
@@ -342,6 +341,9 @@ class StateStore:
             r["batch_id"] = batch
         with self.engine.begin() as c:
             self._replace(c, run_id, entity, rows)
+        # journalled now: a later record of these changes without the batch (the write-back failed
+        # before their outcome came) must replace these rows, not add to them
+        self._journal_begun.get((run_id, entity), set()).difference_update(by_id)
         return batch
 
     def record(self, run_id: str, entity: str, plan: pa.Table, outcomes: pa.Table,

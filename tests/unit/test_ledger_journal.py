@@ -49,6 +49,17 @@ def test_outcomes_land_in_place_and_a_re_executed_step_replaces_its_rows(tmp_pat
     assert StateStore(url).dead_letters(status="resolved").column("change_id").to_pylist() == ["c3"]
 
 
+def test_a_batch_whose_outcome_never_came_is_recorded_once(tmp_path):
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    store.begin_journal("run-1", "price", ["c1", "c2", "c3"])
+    batch = store.record_attempting("run-1", "price", _plan(["c1", "c2"]))
+    store.record("run-1", "price", _plan(["c1", "c2"]), _outcomes(["c1", "c2"], ["applied"] * 2), batch_id=batch)
+    store.record_attempting("run-1", "price", _plan(["c3"]))  # sent; then the system failed as a whole
+    store.record("run-1", "price", _plan(["c3"]), _outcomes(["c3"], ["retryable_error"]))
+    led = sorted((r["change_id"], r["status"]) for r in store.ledger("run-1").to_pylist())
+    assert led == [("c1", "applied"), ("c2", "applied"), ("c3", "retryable_error")]
+
+
 def test_a_killed_runs_attempts_are_settled_by_the_next_runs_outcomes(tmp_path):
     store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
     store.begin_journal("killed", "price", ["c1", "c2"])

@@ -45,9 +45,6 @@ class CrosswalkStore:
         self.delta_dir = self.base.with_suffix(".d")
         self._read: list[Path] = []  # the deltas the last read saw (what `replace` may fold in)
 
-    def exists(self) -> bool:
-        return self.base.exists() or bool(self._deltas())
-
     def _deltas(self) -> list[Path]:
         return sorted(self.delta_dir.glob("*.parquet")) if self.delta_dir.exists() else []
 

@@ -43,7 +43,7 @@ class CrosswalkStore:
         self.domain = domain
         self.base = warehouse.path("state", "crosswalk", domain)
         self.delta_dir = self.base.with_suffix(".d")
-        self._read: list[Path] = []  # the deltas the last read saw (what `replace` may fold in)
+        self._read: list[Path] = []  # the deltas the last `read` saw (what `replace` folds in)
 
     def _deltas(self) -> list[Path]:
         return sorted(self.delta_dir.glob("*.parquet")) if self.delta_dir.exists() else []
@@ -53,7 +53,6 @@ class CrosswalkStore:
         DuckDB reads the files as a query needs them: a join on keys scans two columns of the
         base, it does not load the table."""
         deltas = self._deltas()
-        self._read = deltas
         if not self.base.exists() and not deltas:
             return False
         base = (con.read_parquet(str(self.base)) if self.base.exists()
@@ -68,16 +67,17 @@ class CrosswalkStore:
         return True
 
     def read(self) -> pa.Table | None:
-        """The whole crosswalk, or None if no run wrote one yet."""
-        deltas = self._deltas()
-        if not deltas:
-            self._read = []
+        """The whole crosswalk, or None if no run wrote one yet (remembering which deltas it
+        read, for `replace`)."""
+        self._read = self._deltas()
+        if not self._read:
             return Warehouse.read_path(self.base)
         con = connect()
-        self.register(con)
-        out = fetch(con, "SELECT * FROM crosswalk")
-        con.close()
-        return out.cast(CROSSWALK_SCHEMA)
+        try:
+            self.register(con)
+            return fetch(con, "SELECT * FROM crosswalk").cast(CROSSWALK_SCHEMA)
+        finally:
+            con.close()
 
     def counts(self) -> dict[str, int]:
         """Records per source system."""

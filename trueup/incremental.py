@@ -117,25 +117,19 @@ class SyncResult:
 
 
 def sync_plan(domain: str, changes: pa.Table, clients: dict, config: Config,
-              crosswalk: CrosswalkStore | pa.Table | None,
+              crosswalk: CrosswalkStore,
               *, issues: pa.Table | None = None, depends: pa.Table | None = None,
               links: pa.Table | None = None, apart: pa.Table | None = None,
               as_of: date | None = None, extracted_at: datetime | None = None) -> SyncResult:
     """The plan for the golden records `changes` touch (plus `depends`: extra match keys with
     their partition, e.g. the SKUs of changed prices for products), each plan row tagged with the
-    earliest day a change touched its golden record. The crosswalk is read by key (a store's
+    earliest day a change touched its golden record. The crosswalk is read by key (the store's
     files are queried, not loaded); the result's `crosswalk` is only what the run adds to it.
     `links` / `apart` are the last full run's matching decisions (`matching.persisted`): a record
     it set apart (a wrong cross-reference, a duplicate account, a match awaiting review) is not
     corrected on its key's word here either."""
     con = connect()
-    if isinstance(crosswalk, CrosswalkStore):
-        known = crosswalk.register(con, "crosswalk")
-    else:
-        known = crosswalk is not None and crosswalk.num_rows > 0
-        if known:
-            con.register("crosswalk", crosswalk)
-    if not known:
+    if not crosswalk.register(con, "crosswalk"):
         con.close()
         raise ValueError(f"{domain}: no crosswalk yet: run the nightly full reconciliation once before "
                          f"incremental syncs (it assigns the golden ids they build on)")

@@ -85,7 +85,7 @@ class SqlSystem:
         writing and the incremental sync's counterparts. The keys go into a temporary table in the
         session and the entity's table is joined to it: one index look-up per key, however many
         (an IN or OR list per batch is parsed and planned anew each time, measured 12 s for 40,000
-        price keys on SQLite; a full read of the table filtered columnar 16 s; this join ~2 s)."""
+        price keys on SQLite; a full read of the table filtered columnar 16 s; this join 2.7 s)."""
         em = self.config.entities[entity]
         t = self._table(em)
         cols = self._columns(em)

@@ -54,6 +54,13 @@ def _change_columns(key_index: bool = False) -> list[sa.Column]:
             sa.Column("old_value", sa.Text), sa.Column("new_value", sa.Text)]
 
 
+# the ledger rows a later run may still settle: sent and never answered (`attempting`), or
+# `interrupted` by a look that found the write missing, which a request still in flight can
+# overturn by landing after the look. Written the same in the partial index and the queries
+# (SQLite uses a partial index only for a term identical to its own).
+_UNSETTLED = "status IN ('attempting', 'interrupted')"
+NOT_LANDED = "found the write had not landed"  # the note of an interrupted row that stays open
+
 ledger = sa.Table(
     "ledger", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -75,11 +82,13 @@ ledger = sa.Table(
     # only the attempts in flight are, which is all the settling needs (a partial index where
     # the database has them, so it stays as small as a batch)
     sa.Index("ix_ledger_run_batch", "run_id", "batch_id"),
-    sa.Index("ix_ledger_attempting", "entity", "change_id",
-             sqlite_where=sa.text("status = 'attempting'"), postgresql_where=sa.text("status = 'attempting'")),
+    sa.Index("ix_ledger_unsettled", "entity", "change_id",
+             sqlite_where=sa.text(_UNSETTLED), postgresql_where=sa.text(_UNSETTLED)),
 )
-# indexes earlier versions made that cost more than they served (dropped when a store is opened)
-_RETIRED_INDEXES = {"ledger": ("ix_ledger_change_id", "ix_ledger_run_change", "ix_ledger_run_id")}
+# indexes earlier versions made that cost more than they served, or that a wider one replaced
+# (dropped when a store is opened)
+_RETIRED_INDEXES = {"ledger": ("ix_ledger_change_id", "ix_ledger_run_change", "ix_ledger_run_id",
+                               "ix_ledger_attempting")}
 
 quarantine = sa.Table(
     "quarantine", metadata,
@@ -400,34 +409,43 @@ class StateStore:
                     (landed, "applied", f"run interrupted before the outcome was recorded; run {run_id} "
                                         f"found the value in place"),
                     (not_landed, "interrupted", f"run interrupted before the outcome was recorded; run "
-                                                f"{run_id} found the write had not landed")):
+                                                f"{run_id} {NOT_LANDED}")):
                 for i in range(0, len(ids), 500):
                     c.execute(sa.update(ledger).where(ledger.c.id.in_(ids[i:i + 500]),
                                                       ledger.c.status == "attempting")
                               .values(status=status, error=note))
 
     def _settle_attempts(self, c, run_id: str, rows: list[dict], now) -> None:
-        candidates = [r["change_id"] for r in rows if r["status"] in ("unchanged", "applied")]
-        if not candidates:
+        """Close what other runs left open for the changes this run found in place or applied:
+        found in place -> their send landed (`applied`); applied here -> theirs had not
+        (`interrupted`, closed). This also catches a send that landed after a look had called it
+        interrupted (a request the server still held when the run was killed)."""
+        outcome = {r["change_id"]: r["status"] for r in rows if r["status"] in ("unchanged", "applied")}
+        if not outcome:
             return
-        # one look (an index probe per id) for attempts other runs left open; usually there are none
+        # one look (an index probe per id) for what other runs left open; usually there is nothing
         entity = rows[0]["entity"]
-        look = sa.select(ledger.c.change_id).where(
-            ledger.c.entity == entity, ledger.c.status == "attempting",
+        look = sa.select(ledger.c.id, ledger.c.change_id, ledger.c.status, ledger.c.error).where(
+            ledger.c.entity == entity, sa.text(_UNSETTLED),
             ledger.c.change_id.in_(sa.bindparam("ids", expanding=True)), ledger.c.run_id != run_id)
-        open_ids = {cid for i in range(0, len(candidates), 500)
-                    for cid in c.execute(look, {"ids": candidates[i:i + 500]}).scalars()}
-        for status, note in (("unchanged", "applied"), ("applied", "interrupted")):
-            ids = [{"cid": r["change_id"]} for r in rows if r["status"] == status and r["change_id"] in open_ids]
-            if ids:
-                c.execute(sa.update(ledger).where(
-                    ledger.c.entity == entity, ledger.c.status == "attempting",
-                    ledger.c.change_id == sa.bindparam("cid"), ledger.c.run_id != run_id).values(
-                    status=note,
-                    error=(f"run interrupted before the outcome was recorded; run {run_id} found the "
-                           f"value in place" if note == "applied" else
-                           f"run interrupted before the outcome was recorded; the write had not landed "
-                           f"(run {run_id} applied it)")), ids)
+        candidates = list(outcome)
+        open_ = [r for i in range(0, len(candidates), 500) for r in c.execute(look, {"ids": candidates[i:i + 500]})
+                 if r.status == "attempting" or NOT_LANDED in (r.error or "")]
+        notes = {
+            ("attempting", "unchanged"): ("applied", f"run interrupted before the outcome was recorded; run "
+                                                     f"{run_id} found the value in place"),
+            ("interrupted", "unchanged"): ("applied", f"run interrupted before the outcome was recorded; the "
+                                                      f"write landed after the look that missed it; run "
+                                                      f"{run_id} found the value in place"),
+        }
+        closed = ("interrupted", f"run interrupted before the outcome was recorded; the write had not landed "
+                                 f"(run {run_id} applied it)")
+        updates: dict[tuple[str, str], list[dict]] = {}
+        for r in open_:
+            updates.setdefault(notes.get((r.status, outcome[r.change_id]), closed), []).append({"i": r.id})
+        for (status, note), ids in updates.items():
+            c.execute(sa.update(ledger).where(ledger.c.id == sa.bindparam("i"), sa.text(_UNSETTLED))
+                      .values(status=status, error=note), ids)
 
     def _dead_letter(self, c, run_id: str, rows: list[dict], now) -> None:
         # statements are executed per row but compiled once, and only for the rows an open dead

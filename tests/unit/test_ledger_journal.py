@@ -72,16 +72,57 @@ def test_a_killed_runs_attempts_are_settled_by_the_next_runs_outcomes(tmp_path):
     assert store.unsettled("later", "price", "erp").num_rows == 0
 
 
+def test_a_send_landing_after_the_look_that_missed_it_ends_applied(tmp_path):
+    """The killed run's request was still held by the server when the next run looked: the look
+    says interrupted, then the write lands, and a later run finds it in place."""
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    store.record_attempting("killed", "price", _plan(["c1", "c2", "c3"]))
+    ids = {r["change_id"]: r["id"] for r in store.unsettled("next", "price", "erp").to_pylist()}
+    store.settle("next", landed=[], not_landed=list(ids.values()))  # nothing in place yet
+    assert set(store.ledger("killed").column("status").to_pylist()) == {"interrupted"}
+    # c1 and c2 landed late; c3 never did, and this run applies it
+    store.record("next", "price", _plan(["c1", "c2", "c3"]),
+                 _outcomes(["c1", "c2", "c3"], ["unchanged", "unchanged", "applied"], 0))
+    killed = {r["change_id"]: r for r in store.ledger("killed").to_pylist()}
+    assert {c: r["status"] for c, r in killed.items()} == {"c1": "applied", "c2": "applied", "c3": "interrupted"}
+    assert "landed after the look" in killed["c1"]["error"] and "next applied it" in killed["c3"]["error"]
+    # closed now: a later run finding c3 in place does not make the killed run's send applied too
+    store.record("later", "price", _plan(["c3"]), _outcomes(["c3"], ["unchanged"], 0))
+    assert {r["change_id"]: r["status"] for r in store.ledger("killed").to_pylist()}["c3"] == "interrupted"
+    led = store.ledger()
+    applied = led.filter(pa.compute.equal(led.column("status"), "applied")).column("change_id").to_pylist()
+    assert sorted(applied) == ["c1", "c2", "c3"]  # each change applied once, by whoever sent it
+
+
+def test_the_settling_look_probes_the_partial_index(tmp_path):
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    store.record_attempting("killed", "price", _plan(["c1"]))
+    looks = []
+
+    @sa.event.listens_for(store.engine, "before_cursor_execute")
+    def _seen(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().startswith("SELECT") and "FROM ledger" in statement and "interrupted" in statement:
+            looks.append((statement, parameters))
+
+    store.record("next", "price", _plan(["c1", "c2"]), _outcomes(["c1", "c2"], ["unchanged", "applied"], 0))
+    assert looks, "record looked for nothing other runs left open"
+    with store.engine.connect() as c:
+        for statement, parameters in looks:
+            plan = c.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
+            assert "ix_ledger_unsettled" in " ".join(str(r) for r in plan), (statement, plan)
+
+
 def test_an_older_store_gains_the_new_indexes_and_loses_the_retired_ones(tmp_path):
     url = f"sqlite:///{tmp_path / 'state.db'}"
     StateStore(url)
     engine = sa.create_engine(url)
     with engine.begin() as c:  # as an earlier trueup left it
-        c.exec_driver_sql("DROP INDEX ix_ledger_attempting")
+        c.exec_driver_sql("DROP INDEX ix_ledger_unsettled")
+        c.exec_driver_sql("CREATE INDEX ix_ledger_attempting ON ledger (entity, change_id) WHERE status = 'attempting'")
         c.exec_driver_sql("CREATE INDEX ix_ledger_change_id ON ledger (change_id)")
         c.exec_driver_sql("CREATE INDEX ix_ledger_run_change ON ledger (run_id, change_id)")
     StateStore(url)
     names = {i["name"] for i in sa.inspect(engine).get_indexes("ledger")}
-    assert {"ix_ledger_attempting", "ix_ledger_run_batch"} <= names
-    assert not names & {"ix_ledger_change_id", "ix_ledger_run_change"}
+    assert {"ix_ledger_unsettled", "ix_ledger_run_batch"} <= names
+    assert not names & {"ix_ledger_change_id", "ix_ledger_run_change", "ix_ledger_attempting"}
     engine.dispose()

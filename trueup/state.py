@@ -400,7 +400,7 @@ class StateStore:
         """Changes earlier runs sent and never got an outcome for (the run died mid-write)."""
         return self._arrow(sa.select(ledger).where(
             ledger.c.run_id != run_id, ledger.c.entity == entity, ledger.c.system == system,
-            ledger.c.status == "attempting").order_by(ledger.c.id))
+            ledger.c.status == "attempting", sa.text(_UNSETTLED)).order_by(ledger.c.id))
 
     def settle(self, run_id: str, landed: list[int], not_landed: list[int]) -> None:
         """Give interrupted attempts (by ledger id) the outcome a later look at the system found."""

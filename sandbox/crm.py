@@ -123,6 +123,12 @@ def create_app(db_path: Path, *, token: str | None = None, rate_per_second: floa
         con = sqlite3.connect(db_path, timeout=30, isolation_level=None)
         con.row_factory = sqlite3.Row
         con.execute("PRAGMA journal_mode=WAL")
+        # a server's database checkpoints in its own time; SQLite's default (every 1,000 WAL pages)
+        # did it inside every other batch's COMMIT (a batch of 200 random updates dirties ~600
+        # pages): measured at the large size, 20,000 price book updates spent 2.1-2.5 s in COMMIT,
+        # 0.2-0.4 s with this (and no fsync per commit, which a killed client does not need)
+        con.execute("PRAGMA synchronous=NORMAL")
+        con.execute("PRAGMA wal_autocheckpoint=100000")
         return con
 
     def guard(request: Request) -> JSONResponse | None:

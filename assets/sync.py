@@ -142,9 +142,12 @@ def sync_writeback_asset(domain: str, system: str, partitions) -> dg.AssetsDefin
         # dead letters); the whole domain plan goes in so a change that refers to a record another
         # system has yet to create (or that waits for approval) waits with it
         blocked = json.loads((plan.schema.metadata or {}).get(GATE_KEY, b"{}"))
+        # whole_plan=False: a sync plans the records it touched, so an approval waiting for another
+        # record is not "no longer proposed" (only the nightly's whole plan can say that)
         out = steps.writeback(domain, plan.drop_columns([PARTITION]), {system: resource.client(cfg)}, cfg,
                               context.resources.state.store(), context.run_id, dry_run=dry, systems=[system],
-                              blocked={system: f"gate failed: {blocked[system]}"} if system in blocked else None)
+                              blocked={system: f"gate failed: {blocked[system]}"} if system in blocked else None,
+                              whole_plan=False)
         if out.num_rows and not dry and system not in blocked:
             resource.after_writeback()
         out = out.join(days, "change_id").sort_by([("target_key", "ascending"), ("field", "ascending")])

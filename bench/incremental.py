@@ -114,7 +114,8 @@ def run_mode(mode: str, home: Path, lookback_minutes: float | None = None) -> di
                 xw.add(res.crosswalk)
                 rows_read += sum(res.figures["counterparts_read"].values())
                 t = lap(f"{domain}: counterparts, match, golden, plan", t)
-                out = steps.writeback(domain, res.plan.drop_columns(["partition_key"]), clients, config, state, run_id)
+                out = steps.writeback(domain, res.plan.drop_columns(["partition_key"]), clients, config, state, run_id,
+                                      whole_plan=False)  # as the sync asset: a part of the domain
                 lap(f"{domain}: write-back", t)
                 planned += res.plan.num_rows
                 applied += sum(1 for v in out.column("status").to_pylist() if v == "applied")

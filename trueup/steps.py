@@ -99,7 +99,8 @@ def writeback(domain: str, plan: pa.Table, clients: dict[str, SystemClient], con
     A system whose client fails as a whole (down, unreachable) gets `retryable_error` outcomes with
     the reason (and dead letters) and the other systems still complete. `blocked` maps a system to
     the reason nothing may be written to it this run (a failed gate, a tripped breaker).
-    `whole_plan=False` says the plan is a part (a replay): pending approvals it lacks stay pending.
+    `whole_plan=False` says the plan is a part (a replay, an incremental sync): pending approvals it
+    lacks stay pending.
     """
     blocked = blocked or {}
     targets = sorted(set(plan.column("target_system").to_pylist()))

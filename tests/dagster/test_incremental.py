@@ -116,6 +116,24 @@ def test_d_deleted_crm_account_is_deactivated_in_the_erp_not_lost(after_day):
     assert set(deact["new_value"]) == {"false"} and set(deact["status"]) == {"applied"}
 
 
+def test_sync_keeps_the_pending_approvals_of_records_it_did_not_touch(reconciled, tmp_path):
+    """A sync's plan covers the records it touched, not the domain: an approval waiting for a
+    record the sync did not plan stays pending (only a whole plan can tell a proposal is gone)."""
+    home = _copy(reconciled, tmp_path)
+    store = _store(home)
+    waiting = {"change_id": "c-untouched", "approval_id": "a-untouched", "target_system": "erp",
+               "target_key": "G-NOT-TOUCHED", "golden_id": "G-NOT-TOUCHED", "field": "name",
+               "action": "create", "old_value": None, "new_value": "Untouched Ltd", "rule": "create in erp",
+               "severity": "medium", "approval_reason": "creates need approval"}
+    store.request_approvals("nightly-before", "customer", [waiting])
+    simulate_day(home / "demo", share=0.01, seed=14)
+    result = _sync(home)
+    assert result.success
+    assert {"customer"} <= set(_store(home).ledger(result.run_id).column("entity").to_pylist())  # it wrote there
+    after = {r["change_id"]: r for r in _store(home).approvals().to_pylist()}
+    assert after["c-untouched"]["status"] == "pending", after["c-untouched"]
+
+
 def test_c_failed_run_keeps_watermarks_and_the_rerun_catches_up(reconciled, tmp_path):
     home = _copy(reconciled, tmp_path)
     truth = simulate_day(home / "demo", share=0.01, seed=12)

@@ -106,7 +106,7 @@ def test_the_settling_look_probes_the_partial_index(tmp_path):
 
     store.unsettled("next", "price", "erp")
     store.record("next", "price", _plan(["c1", "c2"]), _outcomes(["c1", "c2"], ["unchanged", "applied"], 0))
-    assert len(looks) == 2, looks  # the write-back's look for attempts to settle, then record's
+    assert len(looks) == 3, looks  # the write-back's look for attempts to settle; record's probe, then its look
     with store.engine.connect() as c:
         for statement, parameters in looks:
             plan = c.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()

@@ -209,14 +209,19 @@ def build_golden(domain: str, matched: pa.Table, config: Config, as_of: date) ->
         cols.append("coalesce(" + ", ".join(
             f"first(parent_golden_id) FILTER (WHERE source_system = {_lit(s)} AND parent_golden_id IS NOT NULL)"
             for s in order) + ") AS parent_golden_id")
-    cols.append("list_sort(list_distinct(list(source_system))) AS systems")
+    # the systems holding the record, in name order: a bool_or per configured system costs a
+    # fraction of collecting, deduplicating and sorting a list per group (measured at the large
+    # size: 2.4 s of the price golden query's 16 s)
+    cols.append("list_filter([" + ", ".join(f"CASE WHEN bool_or(source_system = {_lit(s)}) THEN {_lit(s)} END"
+                                            for s in sorted(system_order)) + "], lambda s: s IS NOT NULL) AS systems")
     # a cluster formed by a cross-reference: if it points nowhere, that is an exception, not a create
     cols.append("bool_or(match_key IS NOT NULL) AS keyed")
     cols.append("max(source_updated_at) AS source_updated_at")
     con = connect()
     con.register("matched", matched)
-    ranked = ("SELECT *, row_number() OVER (ORDER BY source_updated_at DESC NULLS LAST, source_key, "
-              "source_system) AS __rk FROM matched WHERE NOT held")
+    # ranked within its golden record only: the rank is compared inside a group, never across
+    ranked = ("SELECT *, row_number() OVER (PARTITION BY golden_id ORDER BY source_updated_at DESC NULLS LAST, "
+              "source_key, source_system) AS __rk FROM matched WHERE NOT held")
     golden = f"SELECT {', '.join(cols)} FROM ({ranked}) GROUP BY golden_id"
     if domain == "price" and rules.expire_after_valid_to:
         golden = (f"SELECT * REPLACE (active AND (valid_to IS NULL OR valid_to >= $1::DATE) AS active) "

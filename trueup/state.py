@@ -6,7 +6,9 @@ file by default; PostgreSQL in production), queryable with plain SQL.
                attempts and retries. A change is journalled `attempting` before it is sent and gets
                its outcome after, so a run killed in between leaves the truth: "sent, outcome
                unknown". The next run that meets the same change settles that row: `applied` when
-               it finds the value in place, `interrupted` when the write had not landed.
+               it finds the value in place, else `not_landed` (still open for a day: a request a
+               server held can land after the look; a later run finding the value in place makes
+               it `applied`, one applying the change itself closes it as `interrupted`).
 - dead_letters changes that kept failing after their retries, with the reason; open until a run
                (or `replay_dead_letters`) applies them or finds them no longer needed
 - approvals    changes the rules hold for a person's decision: what, why, since when, who decided
@@ -55,11 +57,14 @@ def _change_columns(key_index: bool = False) -> list[sa.Column]:
 
 
 # the ledger rows a later run may still settle: sent and never answered (`attempting`), or
-# `interrupted` by a look that found the write missing, which a request still in flight can
-# overturn by landing after the look. Written the same in the partial index and the queries
-# (SQLite uses a partial index only for a term identical to its own).
-_UNSETTLED = "status IN ('attempting', 'interrupted')"
-NOT_LANDED = "found the write had not landed"  # the note of an interrupted row that stays open
+# `not_landed` at a look, which a request still in flight can overturn by landing after it.
+# Written the same in the partial index and the queries (SQLite uses a partial index only for a
+# term identical to its own).
+_UNSETTLED = "status IN ('attempting', 'not_landed')"
+# how long a send missing at a look may still land (a held request lands in seconds; a day is
+# generous): after that the row is closed, so the same change planned again months later and
+# found in place is not credited to a long-dead send
+LATE_LANDING = timedelta(days=1)
 
 ledger = sa.Table(
     "ledger", metadata,
@@ -67,7 +72,7 @@ ledger = sa.Table(
     sa.Column("run_id", sa.String(64)),  # indexed by the pair below
     sa.Column("change_id", sa.String(64)),
     *_change_columns(),
-    # attempting | applied | unchanged | rejected | retryable_error | interrupted
+    # attempting | applied | unchanged | rejected | retryable_error | not_landed | interrupted
     sa.Column("status", sa.String(24)),
     sa.Column("error", sa.Text),
     sa.Column("attempts", sa.Integer),
@@ -218,6 +223,11 @@ discrepancy_history = sa.Table(
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _still_open():
+    """An unsettled row that can still be settled: in flight, or missing at a look within a day."""
+    return sa.or_(ledger.c.status == "attempting", ledger.c.at >= _now() - LATE_LANDING)
 
 
 def _rows(table: pa.Table) -> list[dict]:
@@ -397,10 +407,11 @@ class StateStore:
                               retries=sa.bindparam("r")), others)
 
     def unsettled(self, run_id: str, entity: str, system: str) -> pa.Table:
-        """Changes earlier runs sent and never got an outcome for (the run died mid-write)."""
+        """Changes earlier runs sent and never got an outcome for (the run died mid-write), and
+        sends a look found missing within the last day (they may have landed since)."""
         return self._arrow(sa.select(ledger).where(
             ledger.c.run_id != run_id, ledger.c.entity == entity, ledger.c.system == system,
-            ledger.c.status == "attempting", sa.text(_UNSETTLED)).order_by(ledger.c.id))
+            sa.text(_UNSETTLED), _still_open()).order_by(ledger.c.id))
 
     def settle(self, run_id: str, landed: list[int], not_landed: list[int]) -> None:
         """Give interrupted attempts (by ledger id) the outcome a later look at the system found."""
@@ -408,48 +419,48 @@ class StateStore:
             for ids, status, note in (
                     (landed, "applied", f"run interrupted before the outcome was recorded; run {run_id} "
                                         f"found the value in place"),
-                    (not_landed, "interrupted", f"run interrupted before the outcome was recorded; run "
-                                                f"{run_id} {NOT_LANDED}")):
+                    (not_landed, "not_landed", f"run interrupted before the outcome was recorded; run "
+                                               f"{run_id} found the write had not landed (yet)")):
                 for i in range(0, len(ids), 500):
-                    c.execute(sa.update(ledger).where(ledger.c.id.in_(ids[i:i + 500]),
-                                                      ledger.c.status == "attempting")
+                    c.execute(sa.update(ledger).where(ledger.c.id.in_(ids[i:i + 500]), sa.text(_UNSETTLED))
                               .values(status=status, error=note))
 
     def _settle_attempts(self, c, run_id: str, rows: list[dict], now) -> None:
         """Close what other runs left open for the changes this run found in place or applied:
         found in place -> their send landed (`applied`); applied here -> theirs had not
-        (`interrupted`, closed). This also catches a send that landed after a look had called it
-        interrupted (a request the server still held when the run was killed)."""
+        (`interrupted`). This also catches a send that landed after a look had found it missing
+        (a request the server still held when the run was killed)."""
         outcome = {r["change_id"]: r["status"] for r in rows if r["status"] in ("unchanged", "applied")}
         if not outcome:
             return
-        # one look (an index probe per id) for what other runs left open; usually there is nothing
         entity = rows[0]["entity"]
-        look = sa.select(ledger.c.id, ledger.c.change_id, ledger.c.status, ledger.c.error).where(
-            ledger.c.entity == entity, sa.text(_UNSETTLED),
-            ledger.c.change_id.in_(sa.bindparam("ids", expanding=True)), ledger.c.run_id != run_id)
-        anything_open = sa.select(ledger.c.id).where(ledger.c.entity == entity, sa.text(_UNSETTLED),
-                                                     ledger.c.run_id != run_id).limit(1)
-        if c.execute(anything_open).first() is None:  # the usual case: one probe instead of one per 500 ids
+        open_here = (ledger.c.entity == entity, sa.text(_UNSETTLED), _still_open(), ledger.c.run_id != run_id)
+        # the usual case, nothing open: one probe of the partial index instead of a look per 500
+        # ids (MariaDB has no partial indexes: there the probe would walk the entity's rows)
+        if self.engine.dialect.name not in ("mysql", "mariadb") and \
+                c.execute(sa.select(ledger.c.id).where(*open_here).limit(1)).first() is None:
             return
+        look = sa.select(ledger.c.id, ledger.c.change_id, ledger.c.status).where(
+            *open_here, ledger.c.change_id.in_(sa.bindparam("ids", expanding=True)))
         candidates = list(outcome)
-        open_ = [r for i in range(0, len(candidates), 500) for r in c.execute(look, {"ids": candidates[i:i + 500]})
-                 if r.status == "attempting" or NOT_LANDED in (r.error or "")]
+        open_ = [r for i in range(0, len(candidates), 500) for r in c.execute(look, {"ids": candidates[i:i + 500]})]
         notes = {
             ("attempting", "unchanged"): ("applied", f"run interrupted before the outcome was recorded; run "
                                                      f"{run_id} found the value in place"),
-            ("interrupted", "unchanged"): ("applied", f"run interrupted before the outcome was recorded; the "
-                                                      f"write landed after the look that missed it; run "
-                                                      f"{run_id} found the value in place"),
+            ("not_landed", "unchanged"): ("applied", f"run interrupted before the outcome was recorded; the "
+                                                     f"write landed after the look that missed it; run "
+                                                     f"{run_id} found the value in place"),
         }
         closed = ("interrupted", f"run interrupted before the outcome was recorded; the write had not landed "
                                  f"(run {run_id} applied it)")
-        updates: dict[tuple[str, str], list[dict]] = {}
+        updates: dict[tuple[str, str, str], list[dict]] = {}
         for r in open_:
-            updates.setdefault(notes.get((r.status, outcome[r.change_id]), closed), []).append({"i": r.id})
-        for (status, note), ids in updates.items():
-            c.execute(sa.update(ledger).where(ledger.c.id == sa.bindparam("i"), sa.text(_UNSETTLED))
-                      .values(status=status, error=note), ids)
+            updates.setdefault((r.status, *notes.get((r.status, outcome[r.change_id]), closed)), []).append(
+                {"i": r.id})
+        for (was, status, note), ids in updates.items():
+            # only if it is still as seen: a run closing it meanwhile must not be undone
+            c.execute(sa.update(ledger).where(ledger.c.id == sa.bindparam("i"), sa.text(_UNSETTLED),
+                                              ledger.c.status == was).values(status=status, error=note), ids)
 
     def _dead_letter(self, c, run_id: str, rows: list[dict], now) -> None:
         # statements are executed per row but compiled once, and only for the rows an open dead
@@ -656,7 +667,7 @@ class StateStore:
                 "approvals_pending": count(sa.select(sa.func.count(sa.distinct(approvals.c.approval_id))).where(
                     approvals.c.status == "pending")),
                 "unsettled": count(sa.select(sa.func.count()).select_from(ledger).where(
-                    ledger.c.status == "attempting", ledger.c.run_id != run_id)),
+                    sa.text(_UNSETTLED), _still_open(), ledger.c.run_id != run_id)),
             }
 
     # ---------------------------------------------------------- quarantine

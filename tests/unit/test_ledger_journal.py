@@ -3,11 +3,13 @@ step replacing (never doubling) its rows, a killed run's attempts settled by the
 
 from __future__ import annotations
 
-import sqlalchemy as sa
+from datetime import datetime, timedelta, timezone
+
 import pyarrow as pa
+import sqlalchemy as sa
 
 from trueup.model import OUTCOME_SCHEMA
-from trueup.state import StateStore
+from trueup.state import StateStore, ledger
 
 
 def _plan(ids):
@@ -74,24 +76,43 @@ def test_a_killed_runs_attempts_are_settled_by_the_next_runs_outcomes(tmp_path):
 
 def test_a_send_landing_after_the_look_that_missed_it_ends_applied(tmp_path):
     """The killed run's request was still held by the server when the next run looked: the look
-    says interrupted, then the write lands, and a later run finds it in place."""
+    finds it missing (`not_landed`), then the write lands, and a run finds it in place."""
     store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
-    store.record_attempting("killed", "price", _plan(["c1", "c2", "c3"]))
+    store.record_attempting("killed", "price", _plan(["c1", "c2", "c3", "c4"]))
     ids = {r["change_id"]: r["id"] for r in store.unsettled("next", "price", "erp").to_pylist()}
     store.settle("next", landed=[], not_landed=list(ids.values()))  # nothing in place yet
-    assert set(store.ledger("killed").column("status").to_pylist()) == {"interrupted"}
+    assert set(store.ledger("killed").column("status").to_pylist()) == {"not_landed"}
+    # the next write-back looks again at what is still open (c4 is no longer planned: its late
+    # landing made the plan drop it, so only such a look can settle it)
+    assert sorted(store.unsettled("later", "price", "erp").column("change_id").to_pylist()) == ["c1", "c2", "c3", "c4"]
+    store.settle("later", landed=[ids["c4"]], not_landed=[])
     # c1 and c2 landed late; c3 never did, and this run applies it
     store.record("next", "price", _plan(["c1", "c2", "c3"]),
                  _outcomes(["c1", "c2", "c3"], ["unchanged", "unchanged", "applied"], 0))
     killed = {r["change_id"]: r for r in store.ledger("killed").to_pylist()}
-    assert {c: r["status"] for c, r in killed.items()} == {"c1": "applied", "c2": "applied", "c3": "interrupted"}
+    assert {c: r["status"] for c, r in killed.items()} == {
+        "c1": "applied", "c2": "applied", "c3": "interrupted", "c4": "applied"}
     assert "landed after the look" in killed["c1"]["error"] and "next applied it" in killed["c3"]["error"]
     # closed now: a later run finding c3 in place does not make the killed run's send applied too
     store.record("later", "price", _plan(["c3"]), _outcomes(["c3"], ["unchanged"], 0))
     assert {r["change_id"]: r["status"] for r in store.ledger("killed").to_pylist()}["c3"] == "interrupted"
     led = store.ledger()
     applied = led.filter(pa.compute.equal(led.column("status"), "applied")).column("change_id").to_pylist()
-    assert sorted(applied) == ["c1", "c2", "c3"]  # each change applied once, by whoever sent it
+    assert sorted(applied) == ["c1", "c2", "c3", "c4"]  # each change applied once, by whoever sent it
+    assert store.unsettled("again", "price", "erp").num_rows == 0
+
+
+def test_a_send_missing_for_more_than_a_day_is_not_credited_later(tmp_path):
+    """The same change planned again long after (a change id is its target and new value) and
+    found in place was not the dead send landing: that row stays as it was."""
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    store.record_attempting("killed", "price", _plan(["c1"]))
+    store.settle("next", landed=[], not_landed=store.unsettled("next", "price", "erp").column("id").to_pylist())
+    with store.engine.begin() as c:  # the send was two days ago
+        c.execute(sa.update(ledger).values(at=datetime.now(timezone.utc) - timedelta(days=2)))
+    assert store.unsettled("later", "price", "erp").num_rows == 0
+    store.record("later", "price", _plan(["c1"]), _outcomes(["c1"], ["unchanged"], 0))
+    assert store.ledger("killed").column("status").to_pylist() == ["not_landed"]
 
 
 def test_the_settling_look_probes_the_partial_index(tmp_path):

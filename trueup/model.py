@@ -8,6 +8,7 @@ when trueup read it (`extracted_at`) and when the source last changed it (`sourc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import pyarrow as pa
 
@@ -37,7 +38,7 @@ class Domain:
     # fields that hold another record's source key in the same system (hierarchy)
     references: tuple[str, ...] = ()
 
-    @property
+    @cached_property  # asked per plan row by the write-back: built once (a schema is immutable)
     def schema(self) -> pa.Schema:
         return pa.schema(LINEAGE + list(self.fields))
 

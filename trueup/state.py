@@ -84,8 +84,8 @@ ledger = sa.Table(
     # a batch's outcome lands by batch: without the pair the database walks every row of the run
     # per batch (quadratic in its size). Rows are not indexed by change id: random keys put a
     # dirty page per row in every write (measured 8x the journal's time at 400k ledger rows);
-    # only the attempts in flight are, which is all the settling needs (a partial index where
-    # the database has them, so it stays as small as a batch)
+    # only the unsettled sends are (in flight, or missing at a look), which is all the settling
+    # needs (a partial index where the database has them: a batch plus the rare killed run's)
     sa.Index("ix_ledger_run_batch", "run_id", "batch_id"),
     sa.Index("ix_ledger_unsettled", "entity", "change_id",
              sqlite_where=sa.text(_UNSETTLED), postgresql_where=sa.text(_UNSETTLED)),

@@ -127,7 +127,10 @@ def create_app(db_path: Path, *, token: str | None = None, rate_per_second: floa
 
     def checkpoint_in_background() -> None:
         while not checkpoints_stop.wait(0.5):
-            app_keeper.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never waits for readers or writers
+            try:
+                app_keeper.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never waits for readers or writers
+            except sqlite3.Error:  # busy now: the next round catches up (a dead thread would let the WAL grow)
+                continue
 
     checkpointer = threading.Thread(target=checkpoint_in_background, daemon=True, name="crm-sandbox-checkpoint")
     checkpointer.start()

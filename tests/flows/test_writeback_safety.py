@@ -87,7 +87,7 @@ def test_run_killed_mid_apply_then_rerun_applies_each_change_exactly_once(home, 
         child.wait()
         srv.app.state.write_delay = 0.0
         # the batch in flight still lands server-side, as in real life, held for the 2 s it arrived
-        # under: the rerun's settling look may miss it (interrupted) and its compare then find it in
+        # under: the rerun's settling look may miss it (not_landed) and its compare then find it in
         # place, or the look may find it; either way each change must end applied exactly once
         killed = flow.state.ledger("killed")
         statuses = killed.column("status").to_pylist()

@@ -225,6 +225,11 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _interrupted(note: str) -> str:
+    """The ledger's note on a send whose run died before its outcome came, and what settled it."""
+    return f"run interrupted before the outcome was recorded; {note}"
+
+
 def _still_open():
     """An unsettled row that can still be settled: in flight, or missing at a look within a day."""
     return sa.or_(ledger.c.status == "attempting", ledger.c.at >= _now() - LATE_LANDING)
@@ -417,10 +422,8 @@ class StateStore:
         """Give interrupted attempts (by ledger id) the outcome a later look at the system found."""
         with self.engine.begin() as c:
             for ids, status, note in (
-                    (landed, "applied", f"run interrupted before the outcome was recorded; run {run_id} "
-                                        f"found the value in place"),
-                    (not_landed, "not_landed", f"run interrupted before the outcome was recorded; run "
-                                               f"{run_id} found the write had not landed (yet)")):
+                    (landed, "applied", _interrupted(f"run {run_id} found the value in place")),
+                    (not_landed, "not_landed", _interrupted(f"run {run_id} found the write had not landed (yet)"))):
                 for i in range(0, len(ids), 500):
                     c.execute(sa.update(ledger).where(ledger.c.id.in_(ids[i:i + 500]), sa.text(_UNSETTLED))
                               .values(status=status, error=note))
@@ -445,14 +448,11 @@ class StateStore:
         candidates = list(outcome)
         open_ = [r for i in range(0, len(candidates), 500) for r in c.execute(look, {"ids": candidates[i:i + 500]})]
         notes = {
-            ("attempting", "unchanged"): ("applied", f"run interrupted before the outcome was recorded; run "
-                                                     f"{run_id} found the value in place"),
-            ("not_landed", "unchanged"): ("applied", f"run interrupted before the outcome was recorded; the "
-                                                     f"write landed after the look that missed it; run "
-                                                     f"{run_id} found the value in place"),
+            ("attempting", "unchanged"): ("applied", _interrupted(f"run {run_id} found the value in place")),
+            ("not_landed", "unchanged"): ("applied", _interrupted(f"the write landed after the look that missed "
+                                                                  f"it; run {run_id} found the value in place")),
         }
-        closed = ("interrupted", f"run interrupted before the outcome was recorded; the write had not landed "
-                                 f"(run {run_id} applied it)")
+        closed = ("interrupted", _interrupted(f"the write had not landed (run {run_id} applied it)"))
         updates: dict[tuple[str, str, str], list[dict]] = {}
         for r in open_:
             updates.setdefault((r.status, *notes.get((r.status, outcome[r.change_id]), closed)), []).append(

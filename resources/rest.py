@@ -21,6 +21,7 @@ class RestSystemResource(dg.ConfigurableResource):
     token: str | None = None
     page_size: int = 500
     max_attempts: int = 6
+    in_flight: int = 4  # requests at once (reads by id, write batches)
     _client: RestSystem | None = PrivateAttr(default=None)
 
     def _url_and_token(self) -> tuple[str, str | None]:
@@ -30,7 +31,8 @@ class RestSystemResource(dg.ConfigurableResource):
         if self._client is None:
             url, token = self._url_and_token()
             self._client = RestSystem(self.system, url, config.systems.systems[self.system], token=token,
-                                      page_size=self.page_size, max_attempts=self.max_attempts)
+                                      page_size=self.page_size, max_attempts=self.max_attempts,
+                                      in_flight=self.in_flight)
         return self._client
 
     def after_writeback(self) -> None:

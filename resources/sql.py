@@ -15,11 +15,13 @@ class SqlSystemResource(dg.ConfigurableResource):
 
     system: str
     url: str
+    in_flight: int = 2  # write batches at once
     _client: SqlSystem | None = PrivateAttr(default=None)
 
     def client(self, config: Config) -> SqlSystem:
         if self._client is None:
-            self._client = SqlSystem(self.system, self.url, config.systems.systems[self.system])
+            self._client = SqlSystem(self.system, self.url, config.systems.systems[self.system],
+                                     in_flight=self.in_flight)
         return self._client
 
     def after_writeback(self) -> None:

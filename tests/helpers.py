@@ -124,7 +124,8 @@ def _waiting(p: dict, plans: dict[str, pa.Table]) -> bool:
 
 
 def fault_drill(home: Path, config: Config, *, rate: float = 0.2, seed: int = 11, max_attempts: int = 2,
-                write_batch: int = 3, domains=("customer", "product", "price")) -> dict[str, int]:
+                write_batch: int = 3, in_flight: int = 1,
+                domains=("customer", "product", "price")) -> dict[str, int]:
     """One run with the CRM answering `rate` of its batch writes with 429, 500 or a dropped
     connection (after applying the write), then a replay of the dead letters with the faults
     gone. Returns the figures: attempted, retried, dead_lettered, replayed, lost, doubled, and
@@ -138,7 +139,7 @@ def fault_drill(home: Path, config: Config, *, rate: float = 0.2, seed: int = 11
     def clients(url: str) -> dict:
         return {"erp": SqlSystem("erp", f"sqlite:///{demo / 'erp.sqlite'}", s["erp"]),
                 "crm": RestSystem("crm", url, s["crm"], max_attempts=max_attempts, write_batch=write_batch,
-                                  backoff_initial=0.001, backoff_max=0.01),
+                                  backoff_initial=0.001, backoff_max=0.01, in_flight=in_flight),
                 "wms": FileSystem("wms", demo / "wms", s["wms"])}
 
     plans: dict[str, pa.Table] = {}

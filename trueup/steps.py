@@ -145,16 +145,16 @@ def writeback(domain: str, plan: pa.Table, clients: dict[str, SystemClient], con
         recorded: dict[str, WriteResult] = {}  # outcomes the journal already put in the ledger
         position = {c: i for i, c in enumerate(plan_rows.column("change_id").to_pylist())}
         state.begin_journal(run_id, domain, list(position))
-        batch: dict[str, str | None] = {}
+        batches: dict[str, str | None] = {}  # a batch's first change id -> its journal batch (several in flight)
 
-        def journal(ids: list[str], results, _rows=plan_rows, _done=recorded, _at=position, _batch=batch) -> None:
+        def journal(ids: list[str], results, _rows=plan_rows, _done=recorded, _at=position, _batch=batches) -> None:
             part = _rows.take(pa.array([_at[c] for c in ids], pa.int64()))
             if results is None:
-                _batch["id"] = state.record_attempting(run_id, domain, part)
+                _batch[ids[0]] = state.record_attempting(run_id, domain, part)
                 return
             state.record(run_id, domain, part, pa.table({
                 "change_id": ids, "status": [r.status for r in results], "error": [r.error for r in results],
-                "attempts": [r.attempts for r in results]}, schema=OUTCOME_SCHEMA), batch_id=_batch.pop("id", None))
+                "attempts": [r.attempts for r in results]}, schema=OUTCOME_SCHEMA), batch_id=_batch.pop(ids[0], None))
             _done.update(zip(ids, results))
 
         try:

@@ -5,6 +5,8 @@ Writes go out in the client's batch size (`write_batch`); around each batch `jou
 the change ids about to be sent (before) and their results (after), so the ledger can say
 "attempting" before anything leaves and the outcome once it is known: a run killed mid-apply
 leaves an honest record, and the compare-before-write makes its rerun skip what had landed.
+Up to the client's `in_flight` batches are out at once (a record's operations always in one
+batch), so a remote system's latency, not trueup's journalling, sets the pace.
 
 The flow is the same for every kind of system; the client supplies three verbs:
 `fetch_live(entity, keys)` (current source rows for those keys), `write(entity, ops)` (one
@@ -178,19 +180,9 @@ def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMa
         op.change_ids.append(r["change_id"])
     for op in ops.values():
         op.idempotency_key = _idempotency_key(op.change_ids)
-    op_list = list(ops.values())
     size = max(1, int(getattr(client, "write_batch", 500)))
-    for i in range(0, len(op_list), size):
-        batch = op_list[i:i + size]
-        ids = [cid for op in batch for cid in op.change_ids]
-        if journal:
-            journal(ids, None)
-        results = client.write(entity, batch)
-        for op, res in zip(batch, results, strict=True):
-            for cid in op.change_ids:
-                outcomes[cid] = res
-        if journal:
-            journal(ids, [outcomes[c] for c in ids])
+    in_flight = max(1, int(getattr(client, "in_flight", 1)))
+    _send(client, entity, _batches(list(ops.values()), size), in_flight, outcomes, journal)
     ids = plan.column("change_id").to_pylist()
     return pa.table(
         {
@@ -201,6 +193,67 @@ def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMa
         },
         schema=OUTCOME_SCHEMA,
     )
+
+
+def _batches(op_list: list[WriteOp], size: int) -> list[list[WriteOp]]:
+    """The operations in batches of about `size`, never splitting one record's operations: batches
+    in flight together may land in any order, a record's own operations must not."""
+    out: list[list[WriteOp]] = []
+    for op in op_list:
+        if not out or (len(out[-1]) >= size and op.key != out[-1][-1].key):
+            out.append([])
+        out[-1].append(op)
+    return out
+
+
+def _send(client: SystemClient, entity: str, batches: list[list[WriteOp]], in_flight: int,
+          outcomes: dict[str, WriteResult], journal: Journal | None) -> None:
+    """Send the batches, up to `in_flight` at once (the client's `in_flight`: a remote system's
+    latency, not trueup, then sets the pace), each journalled before it leaves and its results
+    after they come back. When a batch fails as a whole, the batches already in flight are still
+    waited for and journalled before the failure is raised."""
+    def done(batch: list[WriteOp], ids: list[str], results: list[WriteResult]) -> None:
+        for op, res in zip(batch, results, strict=True):
+            for cid in op.change_ids:
+                outcomes[cid] = res
+        if journal:
+            journal(ids, [outcomes[c] for c in ids])
+
+    if in_flight == 1:
+        for batch in batches:
+            ids = [cid for op in batch for cid in op.change_ids]
+            if journal:
+                journal(ids, None)
+            done(batch, ids, client.write(entity, batch))
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    failure: BaseException | None = None
+    pending: deque = deque()
+
+    def finish_oldest() -> None:
+        nonlocal failure
+        batch, ids, future = pending.popleft()
+        try:
+            done(batch, ids, future.result())
+        except BaseException as exc:  # noqa: BLE001 (raised below, once the rest are in)
+            failure = failure or exc
+
+    with ThreadPoolExecutor(in_flight, thread_name_prefix=f"trueup-write-{entity}") as pool:
+        for batch in batches:
+            if failure is not None:
+                break
+            ids = [cid for op in batch for cid in op.change_ids]
+            if journal:
+                journal(ids, None)
+            pending.append((batch, ids, pool.submit(client.write, entity, batch)))
+            if len(pending) >= in_flight:
+                finish_oldest()
+        while pending:
+            finish_oldest()
+    if failure is not None:
+        raise failure
 
 
 def _idempotency_key(change_ids: list[str]) -> str:

@@ -56,11 +56,15 @@ class RestSystem:
     def __init__(self, name: str, base_url: str, config: SystemConfig, *, token: str | None = None,
                  page_size: int = 500, write_batch: int = 200, max_attempts: int = 6,
                  backoff_initial: float = 0.05, backoff_max: float = 5.0, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None):
+                 in_flight: int = 4, transport: httpx.BaseTransport | None = None):
         self.name = name
         self.config = config
         self.page_size = page_size
         self.write_batch = write_batch
+        # requests at once (reads by id; write batches, see writeback.apply_plan): an API's
+        # latency, not trueup, then sets the pace; 429s still slow it to what the API allows
+        self.in_flight = max(1, in_flight)
+        self._threads = None
         self.max_attempts = max_attempts
         self._wait = _Wait(backoff_initial, backoff_max)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -69,6 +73,8 @@ class RestSystem:
         self.retries = 0  # how many times a request was retried (for the run's figures)
 
     def close(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown()
         self.http.close()
 
     def _request(self, method: str, url: str, **kw) -> tuple[httpx.Response, int]:
@@ -78,7 +84,7 @@ class RestSystem:
             with attempt:
                 attempts += 1
                 if attempts > 1:
-                    self.retries += 1
+                    self.retries += 1  # several threads may count at once: a figure, not a control
                 resp = self.http.request(method, url, **kw)
                 if resp.status_code == 429 or resp.status_code >= 500:
                     ra = resp.headers.get("Retry-After")
@@ -118,20 +124,31 @@ class RestSystem:
 
     def fetch_live(self, entity: str, keys: list[str]) -> pa.Table:
         """The current records of these ids, a page of ids per request (as many as fit a URL
-        every proxy accepts: ~6 KB of ids, at most a page)."""
-        rows: list[dict] = []
-        chunk: list[str] = []
+        every proxy accepts: ~6 KB of ids, at most a page), up to `in_flight` requests at once."""
+        chunks: list[list[str]] = []
         size = 0
-        for k in [*keys, None]:
-            if chunk and (k is None or len(chunk) == self.page_size or size + len(k) + 1 > URL_IDS_BUDGET):
-                resp, _ = self._request("GET", f"/api/v1/{self._resource(entity)}",
-                                        params={"ids": ",".join(chunk), "limit": len(chunk)})
-                rows.extend(resp.json()["data"])
-                chunk, size = [], 0
-            if k is not None:
-                chunk.append(k)
-                size += len(k) + 1
-        return self._to_arrow(entity, rows)
+        for k in keys:
+            if not chunks or len(chunks[-1]) == self.page_size or size + len(k) + 1 > URL_IDS_BUDGET:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(k)
+            size += len(k) + 1
+
+        def get(chunk: list[str]) -> list[dict]:
+            resp, _ = self._request("GET", f"/api/v1/{self._resource(entity)}",
+                                    params={"ids": ",".join(chunk), "limit": len(chunk)})
+            return resp.json()["data"]
+
+        pages = self._pool().map(get, chunks) if self.in_flight > 1 and len(chunks) > 1 else map(get, chunks)
+        return self._to_arrow(entity, [row for page in pages for row in page])
+
+    def _pool(self):
+        """Threads for requests in flight together (httpx's client is safe to share between them)."""
+        if self._threads is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._threads = ThreadPoolExecutor(self.in_flight, thread_name_prefix=f"trueup-{self.name}")
+        return self._threads
 
     def write(self, entity: str, ops: list[WriteOp]) -> list[WriteResult]:
         em = self.config.entities[entity]

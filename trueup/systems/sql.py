@@ -46,9 +46,12 @@ class SqlSystem:
     """One SQL system (an ERP database, say) as trueup sees it."""
 
     def __init__(self, name: str, url: str, config: SystemConfig, *, max_attempts: int = 4,
-                 engine: sa.Engine | None = None, write_batch: int = BATCH):
+                 engine: sa.Engine | None = None, write_batch: int = BATCH, in_flight: int = 2):
         self.name = name
         self.write_batch = write_batch
+        # batches at once (writeback.apply_plan): two let the database apply one while trueup
+        # journals the next; batches hold disjoint records, so they never wait on each other's rows
+        self.in_flight = max(1, in_flight)
         self.config = config
         self.max_attempts = max_attempts
         self.engine = engine or sa.create_engine(url, future=True)

@@ -239,6 +239,25 @@ def _rows(table: pa.Table) -> list[dict]:
     return table.to_pylist()
 
 
+def _insert_many(c: sa.Connection, table: sa.Table, columns: dict[str, list]) -> None:
+    """Insert rows given column by column, straight through the driver's executemany: the
+    statement is compiled once for the dialect and each type's bind processing is applied per
+    column (SQLAlchemy's per-row parameter processing was ~40% of the journal's insert time)."""
+    names = list(columns)
+    compiled = sa.insert(table).compile(dialect=c.dialect, column_keys=names)
+    values = []
+    for name in names:
+        process = table.c[name].type._cached_bind_processor(c.dialect)
+        values.append([process(v) for v in columns[name]] if process else columns[name])
+    if compiled.positional:
+        order = [names.index(k) for k in compiled.positiontup]
+        params = list(zip(*[values[i] for i in order]))
+    else:
+        params = [dict(zip(names, row)) for row in zip(*values)]
+    if params:
+        c.exec_driver_sql(compiled.string, params)
+
+
 class StateStore:
     """Ledger, quarantine, runs and watermarks in one SQL database."""
 
@@ -358,16 +377,23 @@ class StateStore:
         if plan.num_rows == 0:
             return None
         batch = uuid.uuid4().hex
-        by_id = {cid: {"status": "attempting", "error": None, "attempts": 1}
-                 for cid in plan.column("change_id").to_pylist()}
-        rows = self._ledger_rows(run_id, entity, plan, by_id, _now())
-        for r in rows:
-            r["batch_id"] = batch
+        ids = plan.column("change_id").to_pylist()
+        n = len(ids)
+        # one column each, zipped: the batch is all `attempting`, only the change differs
+        columns = {"run_id": [run_id] * n, "change_id": ids, "system": plan.column("target_system").to_pylist(),
+                   "entity": [entity] * n,
+                   **{c: plan.column(c).to_pylist() for c in ("target_key", "golden_id", "field", "action",
+                                                              "old_value", "new_value", "rule", "severity")},
+                   "status": ["attempting"] * n, "error": [None] * n, "attempts": [1] * n, "retries": [0] * n,
+                   "at": [_now()] * n, "batch_id": [batch] * n}
         with self.engine.begin() as c:
-            self._replace(c, run_id, entity, rows)
+            cleared = self._journal_begun.get((run_id, entity), set())
+            if any(cid not in cleared for cid in ids):  # a step re-executed: its earlier rows go first
+                self._delete_run_rows(c, run_id, entity, [cid for cid in ids if cid not in cleared])
+            _insert_many(c, ledger, columns)
         # journalled now: a later record of these changes without the batch (the write-back failed
         # before their outcome came) must replace these rows, not add to them
-        self._journal_begun.get((run_id, entity), set()).difference_update(by_id)
+        self._journal_begun.get((run_id, entity), set()).difference_update(ids)
         return batch
 
     def record(self, run_id: str, entity: str, plan: pa.Table, outcomes: pa.Table,

@@ -89,10 +89,9 @@ def to_source_value(canonical_field: str, value: Any, mapping: EntityMap) -> Any
     return value
 
 
-def split_key(key: str, mapping: EntityMap) -> dict[str, str]:
-    cols = mapping.key_columns
-    parts = key.split("|") if len(cols) > 1 else [key]
-    return dict(zip(cols, parts))
+def split_key(key: str, mapping: EntityMap, cols: list[str] | None = None) -> dict[str, str]:
+    cols = cols or mapping.key_columns
+    return dict(zip(cols, key.split("|"))) if len(cols) > 1 else {cols[0]: key}
 
 
 Journal = Callable[[list[str], "list[WriteResult] | None"], None]
@@ -148,6 +147,7 @@ def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMa
     outcomes: dict[str, WriteResult] = {}
     ops: dict[tuple[str, str], WriteOp] = {}
     rows = judged.to_pylist()  # the plan (a change set), not a whole table
+    key_cols = mapping.key_columns
     for r in rows:
         if r["verdict"] == "unchanged":
             outcomes[r["change_id"]] = WriteResult("unchanged", attempts=0)
@@ -166,7 +166,7 @@ def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMa
         op = ops.get((r["target_key"], action))
         if op is None:
             op = ops[(r["target_key"], action)] = WriteOp(
-                key=r["target_key"], key_values=split_key(r["target_key"], mapping), action=action)
+                key=r["target_key"], key_values=split_key(r["target_key"], mapping, key_cols), action=action)
         field_name = r["field"]
         if action == "adjust":
             new = from_canonical_text(r["new_value"], domain.type_of(field_name))

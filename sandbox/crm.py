@@ -333,3 +333,45 @@ def serve(db_path: Path, **app_kw):
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def serve_process(db_path: Path, *, rate_per_second: float = 500.0, burst: int = 100):
+    """The sandbox in a process of its own, as a real CRM is another machine's work: its CPU is
+    then not the client's (benchmarks time the client). Yields an object with `url`."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox.crm", str(db_path), "--rate", str(rate_per_second),
+                             "--burst", str(burst)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    try:
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http://"):
+            raise RuntimeError(f"CRM sandbox process did not start (exit code {proc.poll()})")
+        yield SimpleNamespace(url=url)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    import argparse
+    import signal
+
+    p = argparse.ArgumentParser(description="Serve the CRM sandbox on a free loopback port; prints its URL.")
+    p.add_argument("db", type=Path)
+    p.add_argument("--rate", type=float, default=500.0)
+    p.add_argument("--burst", type=int, default=100)
+    args = p.parse_args()
+    server = CrmSandboxServer(args.db, rate_per_second=args.rate, burst=args.burst).start()
+    signal.signal(signal.SIGTERM, lambda *_: setattr(server.server, "should_exit", True))
+    print(server.url, flush=True)
+    while server.thread.is_alive():  # woken now and then so the SIGTERM handler runs
+        server.thread.join(0.5)
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()

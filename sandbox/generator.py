@@ -457,6 +457,8 @@ def add_change_indexes(db: sqlite3.Connection) -> None:
     after the load, and idempotent, so an older cached landscape gains them."""
     for t in ERP_CHANGE_INDEXED:
         db.execute(f"CREATE INDEX IF NOT EXISTS {t}_updated ON {t} (updated_at)")
+    # the stock position view's other change source (`changes_from` in config/systems.yaml)
+    db.execute("CREATE INDEX IF NOT EXISTS erp_stock_adjustment_posted ON erp_stock_adjustment (posted_at)")
 
 
 def _crm_phone(country: str, national: str) -> str:
@@ -585,6 +587,7 @@ def _erp_metadata():
                  sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
              sa.Column("item_number", key), sa.Column("warehouse", key), sa.Column("quantity", sa.BigInteger),
              sa.Column("reason", sa.Text), sa.Column("reference", sa.String(64)), sa.Column("posted_at", ts))
+    sa.Index("erp_stock_adjustment_posted", md.tables["erp_stock_adjustment"].c.posted_at)
     return md
 
 

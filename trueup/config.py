@@ -77,6 +77,21 @@ class Adjustments(Strict):
         return self
 
 
+class ChangeSource(Strict):
+    """A table under a view whose change time the view computes (the newest of its tables'): an
+    incremental read finds the view's changed keys through the table's own indexed change column
+    instead of computing the view's change time for every row. It holds the entity's key columns."""
+
+    table: str
+    updated_at: str
+
+    @model_validator(mode="after")
+    def _identifiers(self) -> "ChangeSource":
+        identifier(self.table)
+        identifier(self.updated_at)
+        return self
+
+
 class EntityMap(Strict):
     table: str | None = None  # sql
     resource: str | None = None  # rest
@@ -85,6 +100,7 @@ class EntityMap(Strict):
     updated_at: str | None = None
     create_key: Literal["golden_id"] | None = None
     adjustments: Adjustments | None = None
+    changes_from: list[ChangeSource] = []  # sql, a view: every table whose change moves its change time
     required: list[str] = []  # canonical fields this system never accepts blank
     fields: dict[str, FieldMap]
 

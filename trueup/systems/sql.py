@@ -78,7 +78,15 @@ class SqlSystem:
         stmt = sa.select(*[t.c[c] for c in cols])
         whole = since is None or not em.updated_at
         if not whole:
-            stmt = stmt.where(t.c[em.updated_at] > sa.bindparam("since", self._timestamp(since)))
+            after = sa.bindparam("since", self._timestamp(since))
+            stmt = stmt.where(t.c[em.updated_at] > after)
+            if em.changes_from:  # a view: its changed keys first, through its tables' change indexes
+                changed = sa.union(*[
+                    sa.select(*[sa.column(k) for k in em.key_columns]).select_from(sa.table(src.table))
+                    .where(sa.column(src.updated_at) > after) for src in em.changes_from]).subquery("changed")
+                # joined, not `IN`: SQLite scans the view's rows for a row-value IN list (measured at
+                # the large size: 1.25 s for none changed, the join 0.3 s for 100,000 changed)
+                stmt = stmt.select_from(t.join(changed, sa.and_(*[t.c[k] == changed.c[k] for k in em.key_columns])))
         read = read_arrow(self.engine, stmt, table=em.table if whole else None)
         self.last_read_method = read.method
         return read.table

@@ -248,7 +248,11 @@ def _insert_many(c: sa.Connection, table: sa.Table, columns: dict[str, list]) ->
     values = []
     for name in names:
         process = table.c[name].type._cached_bind_processor(c.dialect)
-        values.append([process(v) for v in columns[name]] if process else columns[name])
+        if process:  # once per distinct value: a batch shares its time, its run, its entity
+            seen: dict = {}
+            values.append([seen[v] if v in seen else seen.setdefault(v, process(v)) for v in columns[name]])
+        else:
+            values.append(columns[name])
     if compiled.positional:
         order = [names.index(k) for k in compiled.positiontup]
         params = list(zip(*[values[i] for i in order]))

@@ -80,13 +80,9 @@ def from_canonical_text(value: str | None, dtype: pa.DataType) -> Any:
     return value
 
 
-def to_source_value(canonical_field: str, value: Any, mapping: EntityMap) -> Any:
-    """Translate a canonical value into the system's representation (reverse code maps)."""
-    fm = mapping.fields[canonical_field]
-    if fm.map and value is not None:
-        reverse = {v: k for k, v in fm.map.items()}
-        return reverse.get(value, value)
-    return value
+def source_codes(mapping: EntityMap) -> dict[str, dict[str, str]]:
+    """Per mapped field with a code map, the map read backwards (canonical -> the system's code)."""
+    return {f: {v: k for k, v in fm.map.items()} for f, fm in mapping.fields.items() if fm.map}
 
 
 def split_key(key: str, mapping: EntityMap, cols: list[str] | None = None) -> dict[str, str]:
@@ -146,8 +142,13 @@ def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMa
 
     outcomes: dict[str, WriteResult] = {}
     ops: dict[tuple[str, str], WriteOp] = {}
-    rows = judged.to_pylist()  # the plan (a change set), not a whole table
+    # the plan (a change set), not a whole table; only the columns the loop reads
+    rows = judged.select(["change_id", "target_key", "field", "action", "rule", "new_value", "live_value",
+                          "verdict"]).to_pylist()
     key_cols = mapping.key_columns
+    types = {f: (pa.string() if f == "match_key" else domain.type_of(f))
+             for f in set(judged.column("field").to_pylist()) if f is not None}
+    codes = source_codes(mapping)
     for r in rows:
         if r["verdict"] == "unchanged":
             outcomes[r["change_id"]] = WriteResult("unchanged", attempts=0)
@@ -169,14 +170,15 @@ def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMa
                 key=r["target_key"], key_values=split_key(r["target_key"], mapping, key_cols), action=action)
         field_name = r["field"]
         if action == "adjust":
-            new = from_canonical_text(r["new_value"], domain.type_of(field_name))
-            live_v = from_canonical_text(r["live_value"], domain.type_of(field_name)) or 0
+            new = from_canonical_text(r["new_value"], types[field_name])
+            live_v = from_canonical_text(r["live_value"], types[field_name]) or 0
             op.delta = new - live_v
             op.reason = f"trueup: {r['rule']} (count {new}, book {live_v})"
         else:
-            dtype = domain.type_of(field_name) if field_name != "match_key" else pa.string()
-            value = from_canonical_text(r["new_value"], dtype)
-            op.values[mapping.fields[field_name].column] = to_source_value(field_name, value, mapping)
+            value = from_canonical_text(r["new_value"], types[field_name])
+            if value is not None and field_name in codes:
+                value = codes[field_name].get(value, value)
+            op.values[mapping.fields[field_name].column] = value
         op.change_ids.append(r["change_id"])
     for op in ops.values():
         op.idempotency_key = _idempotency_key(op.change_ids)

@@ -8,8 +8,9 @@ watermarks set), simulates a day of edits on `share` of the records, then times,
 process on its own copy of the landscape: the incremental run (changes since the watermarks,
 counterparts by key) and the full run (every record). Both are the engine's work end to end
 (extract, stage, match, golden, plan, write-back with live compare, ledger), without Dagster's
-per-step overhead, which is the same for both. Prints both times, rows per second, peak memory
-(max RSS of the process), and the incremental run's score against the day's ground truth.
+per-step overhead, which is the same for both; the CRM sandbox serves from a process of its own, as
+a real CRM is another machine. Prints both times, rows per second, peak memory (max RSS of
+trueup's process), and the incremental run's score against the day's ground truth.
 """
 
 from __future__ import annotations

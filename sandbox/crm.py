@@ -347,13 +347,17 @@ def serve_process(db_path: Path, *, rate_per_second: float = 500.0, burst: int =
                              "--burst", str(burst)], stdout=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parent.parent)
     try:
-        url = proc.stdout.readline().strip()
+        url = proc.stdout.readline().strip()  # its first line; "" if it died first
         if not url.startswith("http://"):
             raise RuntimeError(f"CRM sandbox process did not start (exit code {proc.poll()})")
         yield SimpleNamespace(url=url)
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def main() -> None:

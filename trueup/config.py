@@ -116,6 +116,8 @@ class EntityMap(Strict):
         for name in (self.table, self.resource, self.file, self.updated_at, *self.key_columns):
             if name is not None:
                 identifier(name)
+        if self.changes_from and not (self.table and self.updated_at):
+            raise ValueError("changes_from is for a SQL view (`table`) with its own `updated_at`")
         return self
 
     @property

@@ -244,10 +244,10 @@ def _insert_many(c: sa.Connection, table: sa.Table, columns: dict[str, list]) ->
     statement is compiled once for the dialect and each type's bind processing is applied per
     column (SQLAlchemy's per-row parameter processing was ~40% of the journal's insert time)."""
     names = list(columns)
-    compiled = sa.insert(table).compile(dialect=c.dialect, column_keys=names)
+    compiled = sa.insert(table).compile(dialect=c.dialect, column_keys=names, for_executemany=True)
     values = []
     for name in names:
-        process = table.c[name].type._cached_bind_processor(c.dialect)
+        process = table.c[name].type.dialect_impl(c.dialect).bind_processor(c.dialect)
         if process:  # once per distinct value: a batch shares its time, its run, its entity
             seen: dict = {}
             values.append([seen[v] if v in seen else seen.setdefault(v, process(v)) for v in columns[name]])

@@ -21,6 +21,7 @@ A plan row is
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -32,6 +33,8 @@ from trueup.config import EntityMap
 from trueup.duck import connect, fetch
 from trueup.mapping import to_canonical
 from trueup.model import DOMAINS, OUTCOME_SCHEMA
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -212,8 +215,9 @@ def _send(client: SystemClient, entity: str, batches: list[list[WriteOp]], in_fl
           outcomes: dict[str, WriteResult], journal: Journal | None) -> None:
     """Send the batches, up to `in_flight` at once (the client's `in_flight`: a remote system's
     latency, not trueup, then sets the pace), each journalled before it leaves and its results
-    after they come back. When a batch fails as a whole, the batches already in flight are still
-    waited for and journalled before the failure is raised."""
+    after they come back (in the order they come back). When a batch fails as a whole (or its
+    journal does), nothing new is sent; the batches already out are waited for and journalled
+    before the first failure is raised."""
     def done(batch: list[WriteOp], ids: list[str], results: list[WriteResult]) -> None:
         for op, res in zip(batch, results, strict=True):
             for cid in op.change_ids:
@@ -228,32 +232,40 @@ def _send(client: SystemClient, entity: str, batches: list[list[WriteOp]], in_fl
                 journal(ids, None)
             done(batch, ids, client.write(entity, batch))
         return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    failure: BaseException | None = None
-    pending: deque = deque()
+    failure: Exception | None = None
+    pending: dict = {}  # future -> (batch, ids)
 
-    def finish_oldest() -> None:
+    def finish(futures) -> None:
+        """Journal what came back (in the order it came); keep the first failure to raise later."""
         nonlocal failure
-        batch, ids, future = pending.popleft()
-        try:
-            done(batch, ids, future.result())
-        except BaseException as exc:  # noqa: BLE001 (raised below, once the rest are in)
-            failure = failure or exc
+        for future in futures:
+            batch, ids = pending.pop(future)
+            try:
+                done(batch, ids, future.result())
+            except Exception as exc:  # noqa: BLE001 (raised below, once the rest are in)
+                if failure is None:
+                    failure = exc
+                else:
+                    log.warning("%s: another write batch failed as well: %s", entity, exc)
 
     with ThreadPoolExecutor(in_flight, thread_name_prefix=f"trueup-write-{entity}") as pool:
         for batch in batches:
-            if failure is not None:
+            if failure is not None:  # no new sends once a batch failed as a whole
                 break
             ids = [cid for op in batch for cid in op.change_ids]
-            if journal:
-                journal(ids, None)
-            pending.append((batch, ids, pool.submit(client.write, entity, batch)))
-            if len(pending) >= in_flight:
-                finish_oldest()
+            try:
+                if journal:
+                    journal(ids, None)
+            except Exception as exc:  # noqa: BLE001 (this batch never left; the ones out are still journalled)
+                failure = exc
+                break
+            pending[pool.submit(client.write, entity, batch)] = (batch, ids)
+            if len(pending) >= in_flight:  # the first to come back frees a place, whichever it is
+                finish(wait(list(pending), return_when=FIRST_COMPLETED).done)
         while pending:
-            finish_oldest()
+            finish(wait(list(pending), return_when=FIRST_COMPLETED).done)
     if failure is not None:
         raise failure
 

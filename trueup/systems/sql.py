@@ -50,7 +50,8 @@ class SqlSystem:
         self.name = name
         self.write_batch = write_batch
         # batches at once (writeback.apply_plan): two let the database apply one while trueup
-        # journals the next; batches hold disjoint records, so they never wait on each other's rows
+        # journals the next. Their records are disjoint; where a database locks more than rows
+        # (SQLite's single writer, MariaDB's gap locks) one waits, or is retried as a lock error
         self.in_flight = max(1, in_flight)
         self.config = config
         self.max_attempts = max_attempts

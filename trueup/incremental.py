@@ -16,6 +16,7 @@ file drop, a cluster no change points to).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
@@ -51,6 +52,16 @@ def high_water(client, entity: str, raw: pa.Table, updated_at: str | None) -> da
     return v.astimezone(timezone.utc) if v is not None else None
 
 
+def each_system(read, systems: list[str]) -> dict:
+    """`read(system)` for every system, all at once: each waits on its own server (a CRM's API,
+    an ERP's database), so together they take about as long as the slowest alone. The first
+    failure is raised, as a read in turn would."""
+    if len(systems) < 2:
+        return {s: read(s) for s in systems}
+    with ThreadPoolExecutor(len(systems), thread_name_prefix="trueup-read") as pool:
+        return dict(zip(systems, pool.map(read, systems)))
+
+
 @dataclass
 class Changes:
     table: pa.Table  # canonical rows + `deleted` + `partition_key`
@@ -74,7 +85,7 @@ def read_changes(domain: str, clients: dict, config: Config, since: dict[str, da
     open-ended read (better twice than never) and left out of a window it cannot be placed in.
     """
     systems = config.systems.systems_with(domain)
-    raw = {s: clients[s].extract(domain, since=since.get(s)) for s in systems}
+    raw = each_system(lambda s: clients[s].extract(domain, since=since.get(s)), systems)
     hw = {s: high_water(clients[s], domain, raw[s], config.systems.entity(s, domain).updated_at) for s in systems}
     staged = steps.stage(domain, raw, config, extracted_at)
     parts = [staged.table.append_column("deleted", pa.array([False] * staged.table.num_rows, pa.bool_())),
@@ -176,11 +187,9 @@ def sync_plan(domain: str, changes: pa.Table, clients: dict, config: Config,
         WHERE NOT EXISTS (SELECT 1 FROM changes ch WHERE ch.source_system = cw.source_system
                                                    AND ch.source_key = cw.source_key)
         ORDER BY 1, 2""")
-    fetched_raw = {}
-    for system in config.systems.systems_with(domain):
-        keys = pc.filter(wanted.column("source_key"), pc.equal(wanted.column("source_system"), system)).to_pylist()
-        if keys:
-            fetched_raw[system] = clients[system].fetch_live(domain, keys)
+    keys = {system: pc.filter(wanted.column("source_key"), pc.equal(wanted.column("source_system"), system))
+            .to_pylist() for system in config.systems.systems_with(domain)}
+    fetched_raw = each_system(lambda s: clients[s].fetch_live(domain, keys[s]), [s for s in keys if keys[s]])
     fetched = steps.stage(domain, fetched_raw, config, extracted_at)
 
     schema = d.schema

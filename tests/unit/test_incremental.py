@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
+import pytest
 import pyarrow.csv as pacsv
 
 from tests.unit.test_reconcile import changes, staged
@@ -92,3 +93,25 @@ def test_a_deleted_crm_account_deactivates_the_erp_customer_never_deletes(config
     m, _ = reconcile.match("customer", staged("customer", done))
     g = reconcile.build_golden("customer", m, config, T.date())
     assert reconcile.build_plan("customer", m, g, config, tomb).num_rows == 0
+
+
+def test_each_systems_read_goes_out_at_once_and_a_failure_is_raised():
+    import threading
+
+    from trueup.incremental import each_system
+
+    together = threading.Barrier(3, timeout=10)  # broken unless all three reads are out at once
+
+    def read(system: str) -> str:
+        together.wait()
+        return system.upper()
+
+    assert each_system(read, ["erp", "crm", "wms"]) == {"erp": "ERP", "crm": "CRM", "wms": "WMS"}
+
+    def failing(system: str) -> str:
+        if system == "crm":
+            raise ConnectionError("crm: the API is down")
+        return system
+
+    with pytest.raises(ConnectionError, match="crm: the API is down"):
+        each_system(failing, ["erp", "crm", "wms"])

@@ -50,3 +50,12 @@ def server_dbs():
     dbs = ServerDatabases()
     yield dbs
     dbs.drop_all()
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def db_url(request, tmp_path) -> str:
+    """A fresh database of each kind trueup reads, writes and keeps its state in: a SQLite file,
+    PostgreSQL, MariaDB (the servers fail the test, not skip it, when CI requires them)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db.sqlite'}"
+    return request.getfixturevalue("server_dbs").new(request.param)

@@ -6,19 +6,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
-import pytest
 import sqlalchemy as sa
 
 from trueup.model import OUTCOME_SCHEMA
 from trueup.state import StateStore, ledger
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def url(request, tmp_path):
-    """A fresh state store database of each kind trueup keeps its state in."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state.db'}"
-    return request.getfixturevalue("server_dbs").new(request.param)
 
 
 def _plan(ids):
@@ -42,25 +33,25 @@ def _journal(store, run, ids, statuses):
     store.record(run, "price", _plan(ids), _outcomes(ids, statuses), batch_id=batch)
 
 
-def test_outcomes_land_in_place_and_a_re_executed_step_replaces_its_rows(url):
+def test_outcomes_land_in_place_and_a_re_executed_step_replaces_its_rows(db_url):
     ids = ["c1", "c2", "c3", "c4"]
-    _journal(StateStore(url), "run-1", ids, ["applied", "applied", "rejected", "applied"])
-    led = {r["change_id"]: r for r in StateStore(url).ledger("run-1").to_pylist()}
+    _journal(StateStore(db_url), "run-1", ids, ["applied", "applied", "rejected", "applied"])
+    led = {r["change_id"]: r for r in StateStore(db_url).ledger("run-1").to_pylist()}
     assert [led[i]["status"] for i in ids] == ["applied", "applied", "rejected", "applied"]
     assert led["c3"]["error"] == "rejected!" and led["c1"]["error"] is None
     assert len({r["batch_id"] for r in led.values()}) == 1
-    assert StateStore(url).dead_letters().column("change_id").to_pylist() == ["c3"]  # a rejection after a send
+    assert StateStore(db_url).dead_letters().column("change_id").to_pylist() == ["c3"]  # a rejection after a send
 
     # the step runs again in a new process (Dagster re-execution): same run, same changes
-    _journal(StateStore(url), "run-1", ids, ["applied", "applied", "applied", "applied"])
-    led = StateStore(url).ledger("run-1")
+    _journal(StateStore(db_url), "run-1", ids, ["applied", "applied", "applied", "applied"])
+    led = StateStore(db_url).ledger("run-1")
     assert sorted(led.column("change_id").to_pylist()) == ids  # replaced, not doubled
     assert set(led.column("status").to_pylist()) == {"applied"}
-    assert StateStore(url).dead_letters(status="resolved").column("change_id").to_pylist() == ["c3"]
+    assert StateStore(db_url).dead_letters(status="resolved").column("change_id").to_pylist() == ["c3"]
 
 
-def test_a_batch_whose_outcome_never_came_is_recorded_once(url):
-    store = StateStore(url)
+def test_a_batch_whose_outcome_never_came_is_recorded_once(db_url):
+    store = StateStore(db_url)
     store.begin_journal("run-1", "price", ["c1", "c2", "c3"])
     batch = store.record_attempting("run-1", "price", _plan(["c1", "c2"]))
     store.record("run-1", "price", _plan(["c1", "c2"]), _outcomes(["c1", "c2"], ["applied"] * 2), batch_id=batch)
@@ -70,8 +61,8 @@ def test_a_batch_whose_outcome_never_came_is_recorded_once(url):
     assert led == [("c1", "applied"), ("c2", "applied"), ("c3", "retryable_error")]
 
 
-def test_a_killed_runs_attempts_are_settled_by_the_next_runs_outcomes(url):
-    store = StateStore(url)
+def test_a_killed_runs_attempts_are_settled_by_the_next_runs_outcomes(db_url):
+    store = StateStore(db_url)
     store.begin_journal("killed", "price", ["c1", "c2"])
     store.record_attempting("killed", "price", _plan(["c1", "c2"]))  # sent; the run died before the outcome
     assert store.unsettled("next", "price", "erp").num_rows == 2
@@ -82,10 +73,10 @@ def test_a_killed_runs_attempts_are_settled_by_the_next_runs_outcomes(url):
     assert store.unsettled("later", "price", "erp").num_rows == 0
 
 
-def test_a_send_landing_after_the_look_that_missed_it_ends_applied(url):
+def test_a_send_landing_after_the_look_that_missed_it_ends_applied(db_url):
     """The killed run's request was still held by the server when the next run looked: the look
     finds it missing (`not_landed`), then the write lands, and a run finds it in place."""
-    store = StateStore(url)
+    store = StateStore(db_url)
     store.record_attempting("killed", "price", _plan(["c1", "c2", "c3", "c4"]))
     ids = {r["change_id"]: r["id"] for r in store.unsettled("next", "price", "erp").to_pylist()}
     store.settle("next", landed=[], not_landed=list(ids.values()))  # nothing in place yet
@@ -110,10 +101,10 @@ def test_a_send_landing_after_the_look_that_missed_it_ends_applied(url):
     assert store.unsettled("again", "price", "erp").num_rows == 0
 
 
-def test_a_send_missing_for_more_than_a_day_is_not_credited_later(url):
+def test_a_send_missing_for_more_than_a_day_is_not_credited_later(db_url):
     """The same change planned again long after (a change id is its target and new value) and
     found in place was not the dead send landing: that row stays as it was."""
-    store = StateStore(url)
+    store = StateStore(db_url)
     store.record_attempting("killed", "price", _plan(["c1"]))
     store.settle("next", landed=[], not_landed=store.unsettled("next", "price", "erp").column("id").to_pylist())
     with store.engine.begin() as c:  # the send was two days ago

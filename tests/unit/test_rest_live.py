@@ -27,3 +27,33 @@ def test_ids_are_looked_up_a_page_or_a_url_budget_at_a_time(home, config, monkey
         assert sorted(got.column("id").to_pylist()) == sorted(ids)
         assert srv.app.state.stats["requests"] - before == 32  # 3 a request
         crm.close()
+
+
+def test_a_listing_read_page_by_page_keeps_every_record_and_column(config):
+    """Pages are made Arrow one by one: a field one page (or a page's first record) lacks, or
+    holds only nulls in, takes the type the others give it; a field no record had stays missing."""
+    import json
+
+    import httpx
+
+    pages = [
+        {"data": [{"id": "A1", "name": "Acme", "city": None}], "next_cursor": "p2"},
+        {"data": [{"id": "A2", "name": "Bolt", "city": "Lyon"},
+                  {"id": "A3", "name": "Cord", "city": "Oslo", "country": "NO"}], "next_cursor": "p3"},
+        {"data": [], "next_cursor": None},
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        at = {None: 0, "p2": 1, "p3": 2}[request.url.params.get("cursor")]
+        return httpx.Response(200, content=json.dumps(pages[at]))
+
+    crm = RestSystem("crm", "http://crm.test", config.systems.systems["crm"], page_size=2,
+                     transport=httpx.MockTransport(handler))
+    got = crm.extract("customer")
+    crm.close()
+    assert got.column("id").to_pylist() == ["A1", "A2", "A3"]
+    assert got.column("city").to_pylist() == [None, "Lyon", "Oslo"]
+    assert got.column("country").to_pylist() == [None, None, "NO"]  # the first records lack it
+    mapped = {f.column for f in config.systems.entity("crm", "customer").fields.values()}
+    assert "country" in mapped and "phone" in mapped
+    assert "phone" not in got.column_names  # no record had it: missing, not an empty column

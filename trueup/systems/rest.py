@@ -96,17 +96,24 @@ class RestSystem:
     def _resource(self, entity: str) -> str:
         return self.config.entities[entity].resource
 
-    def _pages(self, entity: str, params: dict) -> list[dict]:
-        rows: list[dict] = []
+    def _pages(self, entity: str, params: dict) -> list[pa.Table]:
+        """Every page of the listing, each made Arrow as it arrives: the JSON records of one page
+        are alive at a time, not the whole listing's (5M price book entries as Python dicts took
+        gigabytes more than as Arrow)."""
+        done: list[pa.Table] = []
+        pages: list[pa.Table] = []
         cursor = None
         while True:
             q = {**params, "limit": self.page_size, **({"cursor": cursor} if cursor else {})}
             resp, _ = self._request("GET", f"/api/v1/{self._resource(entity)}", params=q)
             body = resp.json()
-            rows.extend(body["data"])
+            pages.append(self._to_arrow(entity, body["data"]))
             cursor = body.get("next_cursor")
+            if len(pages) == 64 or not cursor:  # a chunk per 64 pages, not thousands of small ones
+                done.append(self._concat(entity, pages).combine_chunks())
+                pages = []
             if not cursor:
-                return rows
+                return done
 
     def _to_arrow(self, entity: str, rows: list[dict]) -> pa.Table:
         em = self.config.entities[entity]
@@ -114,13 +121,23 @@ class RestSystem:
                                   + ([em.updated_at] if em.updated_at else [])))
         if not rows:
             return pa.table({c: pa.array([], pa.string()) for c in cols})
-        table = pa.Table.from_pylist(rows)
-        # a column the API left out of every record stays missing: that is schema drift
-        return table.select([c for c in table.column_names if c in cols or c == "deleted"])
+        # every field any record has (Table.from_pylist would take the first record's only); a
+        # column the API left out of every record stays missing: that is schema drift
+        wanted = {*cols, "deleted"}
+        names = [n for n in dict.fromkeys(k for r in rows for k in r) if n in wanted]
+        return pa.table({n: pa.array([r.get(n) for r in rows]) for n in names})
+
+    def _concat(self, entity: str, pages: list[pa.Table]) -> pa.Table:
+        """Pages as one table: a column some pages lack (or hold only nulls in) takes the type the
+        others give it; a column no record had stays missing."""
+        pages = [p for p in pages if p.num_rows] or pages[:1]
+        if not pages:
+            return self._to_arrow(entity, [])
+        return pa.concat_tables(pages, promote_options="permissive") if len(pages) > 1 else pages[0]
 
     def extract(self, entity: str, since: datetime | None = None) -> pa.Table:
         params = {"updated_since": since.isoformat()} if since else {}
-        return self._to_arrow(entity, self._pages(entity, params))
+        return self._concat(entity, self._pages(entity, params))
 
     def fetch_live(self, entity: str, keys: list[str]) -> pa.Table:
         """The current records of these ids, a page of ids per request (as many as fit a URL
@@ -134,13 +151,13 @@ class RestSystem:
             chunks[-1].append(k)
             size += len(k) + 1
 
-        def get(chunk: list[str]) -> list[dict]:
+        def get(chunk: list[str]) -> pa.Table:
             resp, _ = self._request("GET", f"/api/v1/{self._resource(entity)}",
                                     params={"ids": ",".join(chunk), "limit": len(chunk)})
-            return resp.json()["data"]
+            return self._to_arrow(entity, resp.json()["data"])
 
         pages = self._pool().map(get, chunks) if self.in_flight > 1 and len(chunks) > 1 else map(get, chunks)
-        return self._to_arrow(entity, [row for page in pages for row in page])
+        return self._concat(entity, list(pages))
 
     def _pool(self):
         """Threads for requests in flight together (httpx's client is safe to share between them)."""

@@ -19,10 +19,26 @@ def connect() -> duckdb.DuckDBPyConnection:
     import os
 
     if _db is None or _db[0] != os.getpid():  # a forked process gets its own database
-        _db = (os.getpid(), duckdb.connect())
+        _db = (os.getpid(), duckdb.connect(config=settings()))
     con = _db[1].cursor()
     con.execute("SET TimeZone = 'UTC'")
     return con
+
+
+def settings() -> dict[str, str]:
+    """DuckDB's memory cap from `TRUEUP_DUCKDB_MEMORY_LIMIT` (e.g. `4GB`; DuckDB's own default is
+    80% of the machine): above it joins, aggregates and sorts spill to `TRUEUP_DUCKDB_TEMP_DIR`
+    (default the system's temp folder) instead of growing, so the engine fits beside the Arrow
+    tables it works on. Only the engine's working memory: the tables themselves are Arrow's."""
+    import os
+    import tempfile
+
+    limit = os.environ.get("TRUEUP_DUCKDB_MEMORY_LIMIT")
+    if not limit:
+        return {}
+    return {"memory_limit": limit,
+            "temp_directory": os.environ.get("TRUEUP_DUCKDB_TEMP_DIR") or os.path.join(tempfile.gettempdir(),
+                                                                                     "trueup-duckdb")}
 
 
 def fetch(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:

@@ -1,0 +1,33 @@
+"""The engine's DuckDB memory cap comes from the environment, and a capped engine still
+finishes a join larger than the cap by spilling to its temp folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def _run(code: str, env: dict) -> dict:
+    import os
+
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_memory_limit_and_spill_folder_from_the_environment(tmp_path):
+    code = """
+import json
+from trueup.duck import connect
+con = connect()
+limit, temp = con.execute("SELECT current_setting('memory_limit'), current_setting('temp_directory')").fetchone()
+n = con.execute('''SELECT count(*) FROM range(3000000) a(i) JOIN
+                   (SELECT i, repeat('x', 40) || i AS pad FROM range(3000000) b(i)) b USING (i)''').fetchone()[0]
+print(json.dumps({"limit": limit, "temp": temp, "joined": n}))
+"""
+    capped = _run(code, {"TRUEUP_DUCKDB_MEMORY_LIMIT": "100MB", "TRUEUP_DUCKDB_TEMP_DIR": str(tmp_path)})
+    assert capped["limit"] in ("95.3 MiB", "100.0 MB") and capped["temp"] == str(tmp_path)
+    assert capped["joined"] == 3_000_000  # ~200 MB of build side under a 100 MB cap
+    free = _run(code, {"TRUEUP_DUCKDB_MEMORY_LIMIT": ""})
+    assert free["limit"] != capped["limit"] and free["joined"] == 3_000_000

@@ -72,11 +72,23 @@ def classify(domain: str, plan: pa.Table, config: Config) -> pa.Table:
     return out
 
 
-def gate(domain: str, plan: pa.Table, config: Config, decisions: dict[str, dict]) -> pa.Table:
+def needing(classified: pa.Table) -> list[str]:
+    """The approval ids a decision matters for: the changes the rules hold (a decision on any
+    other change is never read)."""
+    import pyarrow.compute as pc
+
+    return pc.unique(classified.filter(pc.is_valid(classified.column("approval_reason")))
+                     .column("approval_id")).to_pylist()
+
+
+def gate(domain: str, plan: pa.Table, config: Config, decisions: dict[str, dict], *,
+         classified: pa.Table | None = None) -> pa.Table:
     """The classified plan with `approval_status`: none (no approval needed), pending, approved,
     rejected, or waiting (refers to a record whose create is held). `decisions` comes from the
-    state store (`approval_status`)."""
-    classified = classify(domain, plan, config)
+    state store (`approval_status`, for the ids `needing` names); `classified` is `classify`'s
+    result when the caller has it already."""
+    if classified is None:
+        classified = classify(domain, plan, config)
     status = pa.table({
         "approval_id": list(decisions),
         "decision": [d["status"] for d in decisions.values()],

@@ -108,8 +108,9 @@ def writeback(domain: str, plan: pa.Table, clients: dict[str, SystemClient], con
         targets = [t for t in targets if t in systems]
     if not targets:
         return WRITEBACK_SCHEMA.empty_table()
-    gated = approvals.gate(domain, plan, config, state.approval_status(
-        approvals.classify(domain, plan, config).column("approval_id").to_pylist()) if plan.num_rows else {})
+    classified = approvals.classify(domain, plan, config)
+    gated = approvals.gate(domain, plan, config, state.approval_status(approvals.needing(classified)),
+                           classified=classified)
     outs = []
     for system in targets:
         rows = gated.filter(pc.equal(gated.column("target_system"), system))

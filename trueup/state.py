@@ -24,6 +24,7 @@ file by default; PostgreSQL in production), queryable with plain SQL.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import time
 import uuid
@@ -239,12 +240,18 @@ def _rows(table: pa.Table) -> list[dict]:
     return table.to_pylist()
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled_insert(table: sa.Table, dialect, names: tuple[str, ...]):
+    """An INSERT of these columns compiled for the dialect once (a journal inserts per batch)."""
+    return sa.insert(table).compile(dialect=dialect, column_keys=list(names), for_executemany=True)
+
+
 def _insert_many(c: sa.Connection, table: sa.Table, columns: dict[str, list]) -> None:
     """Insert rows given column by column, straight through the driver's executemany: the
     statement is compiled once for the dialect and each type's bind processing is applied per
     column (SQLAlchemy's per-row parameter processing was ~40% of the journal's insert time)."""
     names = list(columns)
-    compiled = sa.insert(table).compile(dialect=c.dialect, column_keys=names, for_executemany=True)
+    compiled = _compiled_insert(table, c.dialect, tuple(names))
     values = []
     for name in names:
         process = table.c[name].type.dialect_impl(c.dialect).bind_processor(c.dialect)

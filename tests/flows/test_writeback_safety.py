@@ -73,7 +73,11 @@ def test_run_killed_mid_apply_then_rerun_applies_each_change_exactly_once(home, 
         child = subprocess.Popen([sys.executable, "-m", "tests.flows.crash_child", str(home), srv.url, "killed"],
                                  cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
         deadline = time.monotonic() + 120
-        while sum(crm_write_counts(home).values()) < 8:  # some batches landed, most not yet
+        def some_landed_and_journalled() -> bool:  # some batches landed, most not yet
+            return sum(crm_write_counts(home).values()) >= 8 and \
+                "applied" in flow.state.ledger("killed").column("status").to_pylist()
+
+        while not some_landed_and_journalled():
             assert child.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline
             time.sleep(0.01)

@@ -10,6 +10,7 @@ jitter.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -99,21 +100,29 @@ class RestSystem:
     def _pages(self, entity: str, params: dict) -> list[pa.Table]:
         """Every page of the listing, each made Arrow as it arrives: the JSON records of one page
         are alive at a time, not the whole listing's (5M price book entries as Python dicts took
-        gigabytes more than as Arrow)."""
-        done: list[pa.Table] = []
-        pages: list[pa.Table] = []
-        cursor = None
-        while True:
+        gigabytes more than as Arrow). The next page is asked for as soon as its cursor is known,
+        so the server prepares it while this one is converted: at the large size trueup's half and
+        the server's half of a listing were about equal, taken in turn."""
+        def get(cursor: str | None) -> dict:
             q = {**params, "limit": self.page_size, **({"cursor": cursor} if cursor else {})}
             resp, _ = self._request("GET", f"/api/v1/{self._resource(entity)}", params=q)
-            body = resp.json()
-            pages.append(self._to_arrow(entity, body["data"]))
-            cursor = body.get("next_cursor")
-            if len(pages) == 64 or not cursor:  # a chunk per 64 pages, not thousands of small ones
-                done.append(self._concat(entity, pages).combine_chunks())
-                pages = []
-            if not cursor:
-                return done
+            return resp.json()
+
+        done: list[pa.Table] = []
+        pages: list[pa.Table] = []
+        with ThreadPoolExecutor(1, thread_name_prefix=f"trueup-{self.name}-next-page") as ahead:
+            coming = ahead.submit(get, None)
+            while True:
+                body = coming.result()
+                cursor = body.get("next_cursor")
+                if cursor:
+                    coming = ahead.submit(get, cursor)
+                pages.append(self._to_arrow(entity, body["data"]))
+                if len(pages) == 64 or not cursor:  # a chunk per 64 pages, not thousands of small ones
+                    done.append(self._concat(entity, pages).combine_chunks())
+                    pages = []
+                if not cursor:
+                    return done
 
     def _to_arrow(self, entity: str, rows: list[dict]) -> pa.Table:
         em = self.config.entities[entity]
@@ -162,8 +171,6 @@ class RestSystem:
     def _pool(self):
         """Threads for requests in flight together (httpx's client is safe to share between them)."""
         if self._threads is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._threads = ThreadPoolExecutor(self.in_flight, thread_name_prefix=f"trueup-{self.name}")
         return self._threads
 

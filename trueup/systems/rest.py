@@ -130,11 +130,17 @@ class RestSystem:
                                   + ([em.updated_at] if em.updated_at else [])))
         if not rows:
             return pa.table({c: pa.array([], pa.string()) for c in cols})
-        # every field any record has (Table.from_pylist would take the first record's only); a
-        # column the API left out of every record stays missing: that is schema drift
+        # every field any record has: Table.from_pylist takes the first record's keys, so a record
+        # with all of them leads (and is sliced off); a column the API left out of every record
+        # stays missing: that is schema drift
         wanted = {*cols, "deleted"}
-        names = [n for n in dict.fromkeys(k for r in rows for k in r) if n in wanted]
-        return pa.table({n: pa.array([r.get(n) for r in rows]) for n in names})
+        seen = set().union(*rows)
+        extra = [n for n in sorted(seen - rows[0].keys()) if n in wanted]
+        if extra:
+            table = pa.Table.from_pylist([dict.fromkeys([*rows[0], *extra])] + rows).slice(1)
+        else:
+            table = pa.Table.from_pylist(rows)
+        return table.select([c for c in table.column_names if c in wanted])
 
     def _concat(self, entity: str, pages: list[pa.Table]) -> pa.Table:
         """Pages as one table: a column some pages lack (or hold only nulls in) takes the type the

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -191,6 +192,7 @@ def main() -> None:
             shutil.copy(truth_csv, kept / "truth.csv")
     for mode in ("incremental", "full"):
         shutil.copytree(base, work / mode)
+    os.sync()  # the copies' gigabytes on disk now, not written back during the timed runs
     inc = _child("incremental", work / "incremental", args.lookback_minutes)
     full = _child("full", work / "full", args.lookback_minutes)
     _print(args, work, truth_csv, inc, full)

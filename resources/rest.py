@@ -44,8 +44,9 @@ class RestSystemResource(dg.ConfigurableResource):
 
 
 class CrmSandboxResource(RestSystemResource):
-    """The demo CRM: starts the sandbox server on a free loopback port for this step (with a
-    fresh random token) and stops it afterwards. Optional fault injection for tests."""
+    """The demo CRM: starts the sandbox server in a process of its own on a free loopback port
+    when the resources start (once per run in process, per step elsewhere), with a fresh random
+    token, and stops it afterwards. Optional fault injection for tests."""
 
     base_url: str = ""
     db_path: str
@@ -56,13 +57,14 @@ class CrmSandboxResource(RestSystemResource):
     _token: str = PrivateAttr(default="")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        from sandbox.crm import CrmSandboxServer, Faults
+        from sandbox.crm import CrmSandboxProcess, Faults
 
         if not Path(self.db_path).exists():
             raise FileNotFoundError(f"crm: no sandbox data at {self.db_path}; build the demo first "
                                     f"(`trueup demo build`)")
         self._token = secrets.token_urlsafe(16)
-        self._server = CrmSandboxServer(
+        # in a process of its own, as a real CRM is another machine (and does not take the GIL)
+        self._server = CrmSandboxProcess(
             Path(self.db_path), token=self._token,
             faults=Faults(write_fault_rate=self.write_fault_rate, kinds=tuple(self.write_fault_kinds), seed=self.fault_seed)).start()
 

@@ -335,29 +335,64 @@ def serve(db_path: Path, **app_kw):
         server.stop()
 
 
-@contextmanager
-def serve_process(db_path: Path, *, rate_per_second: float = 500.0, burst: int = 100):
+class CrmSandboxProcess:
     """The sandbox in a process of its own, as a real CRM is another machine's work: its CPU is
-    then not the client's (benchmarks time the client). Yields an object with `url`."""
-    import subprocess
-    import sys
-    from types import SimpleNamespace
+    then not the client's (a server thread in the client's process took the GIL from it: at the
+    large size the demo's incremental sync spent most of its counterpart reads waiting on it).
+    The token travels in the child's environment, never on its command line."""
 
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox.crm", str(db_path), "--rate", str(rate_per_second),
-                             "--burst", str(burst)], stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parent.parent)
-    try:
-        url = proc.stdout.readline().strip()  # its first line; "" if it died first
-        if not url.startswith("http://"):
-            raise RuntimeError(f"CRM sandbox process did not start (exit code {proc.poll()})")
-        yield SimpleNamespace(url=url)
-    finally:
-        proc.terminate()
+    def __init__(self, db_path: Path, *, rate_per_second: float = 500.0, burst: int = 100,
+                 token: str | None = None, faults: Faults | None = None):
+        self.args = [str(db_path), "--rate", str(rate_per_second), "--burst", str(burst)]
+        if faults is not None and faults.write_fault_rate:
+            self.args += ["--fault-rate", str(faults.write_fault_rate), "--fault-kinds", ",".join(faults.kinds)]
+            if faults.seed is not None:
+                self.args += ["--fault-seed", str(faults.seed)]
+        self.token = token
+        self.proc = None
+        self.url = ""
+
+    def start(self) -> "CrmSandboxProcess":
+        import os
+        import subprocess
+        import sys
+
+        env = {**os.environ, TOKEN_ENV: self.token} if self.token else \
+            {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+        self.proc = subprocess.Popen([sys.executable, "-m", "sandbox.crm", *self.args], stdout=subprocess.PIPE,
+                                     text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
+        self.url = self.proc.stdout.readline().strip()  # its first line; "" if it died first
+        if not self.url.startswith("http://"):
+            self.stop()
+            raise RuntimeError(f"CRM sandbox process did not start (exit code {self.proc.poll()})")
+        return self
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.proc is None:
+            return
+        self.proc.terminate()
         try:
-            proc.wait(timeout=30)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.proc = None
+
+
+TOKEN_ENV = "TRUEUP_CRM_SANDBOX_TOKEN"
+
+
+@contextmanager
+def serve_process(db_path: Path, **kw):
+    """`CrmSandboxProcess` for a `with` block. Yields it (`url`)."""
+    server = CrmSandboxProcess(db_path, **kw).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def main() -> None:
@@ -368,8 +403,15 @@ def main() -> None:
     p.add_argument("db", type=Path)
     p.add_argument("--rate", type=float, default=500.0)
     p.add_argument("--burst", type=int, default=100)
+    p.add_argument("--fault-rate", type=float, default=0.0, help="share of write requests that fail")
+    p.add_argument("--fault-kinds", default="429,500,drop")
+    p.add_argument("--fault-seed", type=int)
     args = p.parse_args()
-    server = CrmSandboxServer(args.db, rate_per_second=args.rate, burst=args.burst).start()
+    import os
+
+    faults = Faults(write_fault_rate=args.fault_rate, kinds=tuple(args.fault_kinds.split(",")), seed=args.fault_seed)
+    server = CrmSandboxServer(args.db, rate_per_second=args.rate, burst=args.burst, faults=faults,
+                              token=os.environ.get(TOKEN_ENV) or None).start()
     signal.signal(signal.SIGTERM, lambda *_: setattr(server.server, "should_exit", True))
     print(server.url, flush=True)
     while server.thread.is_alive():  # woken now and then so the SIGTERM handler runs

@@ -363,8 +363,9 @@ class CrmSandboxProcess:
                                      text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
         self.url = self.proc.stdout.readline().strip()  # its first line; "" if it died first
         if not self.url.startswith("http://"):
+            code = self.proc.poll()
             self.stop()
-            raise RuntimeError(f"CRM sandbox process did not start (exit code {self.proc.poll()})")
+            raise RuntimeError(f"CRM sandbox process did not start (exit code {code})")
         return self
 
     def stop(self) -> None:
@@ -412,10 +413,17 @@ def main() -> None:
     faults = Faults(write_fault_rate=args.fault_rate, kinds=tuple(args.fault_kinds.split(",")), seed=args.fault_seed)
     server = CrmSandboxServer(args.db, rate_per_second=args.rate, burst=args.burst, faults=faults,
                               token=os.environ.get(TOKEN_ENV) or None).start()
-    signal.signal(signal.SIGTERM, lambda *_: setattr(server.server, "should_exit", True))
+    def shut(*_) -> None:
+        server.server.should_exit = True
+
+    signal.signal(signal.SIGTERM, shut)
+    signal.signal(signal.SIGINT, shut)
+    parent = os.getppid()
     print(server.url, flush=True)
-    while server.thread.is_alive():  # woken now and then so the SIGTERM handler runs
+    while server.thread.is_alive():  # woken now and then so the signal handlers run
         server.thread.join(0.5)
+        if os.getppid() != parent:  # the run that started it is gone (killed): so is its CRM
+            shut()
     server.stop()
 
 

@@ -62,19 +62,19 @@ class WmsSandbox:
                     continue
                 rec = json.loads(line)
                 name = entity_file[rec["entity"]]
-                key = "|".join(str(rec["key"][k]) for k in FILES[name])
+                key = {f"k{i}": str(rec["key"][k]) for i, k in enumerate(FILES[name])}  # kept apart: no separator to collide
                 seq = sum(len(u) for u in updates.values())
-                updates[name].append({"key": key, "seq": seq, "field": None, "value": None})  # the record itself
+                updates[name].append({**key, "seq": seq, "field": None, "value": None})  # the record itself
                 for col, v in rec["fields"].items():
-                    updates[name].append({"key": key, "seq": seq, "field": col, "value": None if v is None else str(v)})
+                    updates[name].append({**key, "seq": seq, "field": col, "value": None if v is None else str(v)})
         now = datetime.now(timezone.utc).isoformat()
         changed = 0
         for name, keys in FILES.items():
             if not updates[name]:
                 continue
-            table, n = _apply(self.load(name), keys, pa.Table.from_pylist(
-                updates[name], schema=pa.schema([("key", pa.string()), ("seq", pa.int64()), ("field", pa.string()),
-                                                 ("value", pa.string())])), now)
+            table, n = _apply(self.load(name), keys, pa.Table.from_pylist(updates[name], schema=pa.schema(
+                [*[(f"k{i}", pa.string()) for i in range(len(keys))], ("seq", pa.int64()), ("field", pa.string()),
+                 ("value", pa.string())])), now)
             changed += n
             self.save(name, table)
         for f in files:
@@ -86,35 +86,44 @@ class WmsSandbox:
 def _apply(table: pa.Table, keys: list[str], updates: pa.Table, now: str) -> tuple[pa.Table, int]:
     """`table` with the updates laid over it (per record and field the latest line wins; a field
     the file has no column for is ignored; `updated_at`, where there is one, set to `now` on every
-    record a line touched), and how many lines found their record."""
-    from trueup.duck import connect, fetch
+    record a line touched), and how many lines found their record. `updates` holds the record's
+    key columns as k0, k1, ..., a line's `seq`, and one `field`/`value` per corrected field."""
+    from trueup.duck import connect, fetch, q
 
-    con = connect()
-    con.register("t", table)
-    con.register("u", updates)
-    key = " || '|' || ".join(f'CAST("{k}" AS VARCHAR)' for k in keys)
-    con.execute(f"CREATE TEMP TABLE keyed AS SELECT {key} AS __key, row_number() OVER () AS __rn, * FROM t")
-    found = con.execute("SELECT count(DISTINCT seq) FROM u WHERE key IN (SELECT __key FROM keyed)").fetchall()[0][0]
     cols = table.column_names
     fields = [c for c in cols if c not in keys]
-    last = """SELECT key, field, value FROM (
-                SELECT *, row_number() OVER (PARTITION BY key, field ORDER BY seq DESC) AS r FROM u
-                WHERE field IS NOT NULL) WHERE r = 1"""
-    per_record = ", ".join(
-        [f"bool_or(field = '{c}') AS \"__has_{c}\", max(value) FILTER (WHERE field = '{c}') AS \"__new_{c}\""
-         for c in fields] or ["NULL AS __none"])
-    select = []
-    for c in cols:
-        if c in keys:
-            select.append(f'k."{c}"')
-        elif c == "updated_at":
-            select.append(f'CASE WHEN x.key IS NOT NULL THEN CAST($1 AS VARCHAR) ELSE k."{c}" END AS "{c}"')
-        else:
-            select.append(f'CASE WHEN x."__has_{c}" THEN x."__new_{c}" ELSE k."{c}" END AS "{c}"')
-    out = fetch(con, f"""
-        WITH l AS ({last}),
-             x AS (SELECT key, {per_record} FROM (SELECT DISTINCT key FROM u) d LEFT JOIN l USING (key) GROUP BY key)
-        SELECT {", ".join(select)} FROM keyed k LEFT JOIN x ON x.key = k.__key ORDER BY k.__rn""",
-                [now] if "updated_at" in fields else None)
-    con.close()
+    ks = [f"k{i}" for i in range(len(keys))]
+    on = " AND ".join(f"{q(ks[i])} = CAST(t.{q(k)} AS VARCHAR)" for i, k in enumerate(keys))
+    con = connect()
+    try:
+        con.register("t", table)
+        con.register("u", updates)
+        found = con.execute(f"SELECT count(DISTINCT seq) FROM u WHERE EXISTS (SELECT 1 FROM t WHERE {on})"
+                            ).fetchall()[0][0]
+        # per record, each field's latest value; columns aliased by position (names are the file's)
+        per_record = ", ".join([f"bool_or(field = $f{j}) AS __has_{j}, max(value) FILTER (WHERE field = $f{j}) AS __new_{j}"
+                                for j in range(len(fields))] or ["NULL AS __none"])
+        select = []
+        for j, c in enumerate(fields):
+            if c == "updated_at":
+                select.append(f"CASE WHEN x.k0 IS NOT NULL THEN CAST($now AS VARCHAR) ELSE t.{q(c)} END AS {q(c)}")
+            else:
+                select.append(f"CASE WHEN x.__has_{j} THEN x.__new_{j} ELSE t.{q(c)} END AS {q(c)}")
+        by_name = {c: s for c, s in zip(fields, select)}
+        key_on = " AND ".join(f"x.{q(ks[i])} = CAST(t.{q(k)} AS VARCHAR)" for i, k in enumerate(keys))
+        params = {f"f{j}": c for j, c in enumerate(fields)}
+        if "updated_at" in fields:
+            params["now"] = now
+        out = fetch(con, f"""
+            WITH l AS (SELECT * FROM (
+                         SELECT *, row_number() OVER (PARTITION BY {", ".join(ks)}, field ORDER BY seq DESC) AS r
+                         FROM u WHERE field IS NOT NULL) WHERE r = 1),
+                 x AS (SELECT {", ".join(f"d.{k}" for k in ks)}, {per_record}
+                       FROM (SELECT DISTINCT {", ".join(ks)} FROM u) d LEFT JOIN l USING ({", ".join(ks)})
+                       GROUP BY ALL)
+            SELECT {", ".join(by_name.get(c, f"t.{q(c)}") for c in cols)}
+            FROM (SELECT *, row_number() OVER () AS __row FROM t) t LEFT JOIN x ON {key_on}
+            ORDER BY t.__row""", params)
+    finally:
+        con.close()
     return out.cast(table.schema), found

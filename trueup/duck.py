@@ -27,18 +27,17 @@ def connect() -> duckdb.DuckDBPyConnection:
 
 def settings() -> dict[str, str]:
     """DuckDB's memory cap from `TRUEUP_DUCKDB_MEMORY_LIMIT` (e.g. `4GB`; DuckDB's own default is
-    80% of the machine): above it joins, aggregates and sorts spill to `TRUEUP_DUCKDB_TEMP_DIR`
-    (default the system's temp folder) instead of growing, so the engine fits beside the Arrow
+    80% of the machine): above it joins, aggregates and sorts spill to a folder of the process's
+    own under `TRUEUP_DUCKDB_TEMP_DIR` (default the system's temp folder) instead of growing, so the engine fits beside the Arrow
     tables it works on. Only the engine's working memory: the tables themselves are Arrow's."""
     import os
     import tempfile
 
-    limit = os.environ.get("TRUEUP_DUCKDB_MEMORY_LIMIT")
-    if not limit:
-        return {}
-    return {"memory_limit": limit,
-            "temp_directory": os.environ.get("TRUEUP_DUCKDB_TEMP_DIR") or os.path.join(tempfile.gettempdir(),
-                                                                                     "trueup-duckdb")}
+    limit, folder = os.environ.get("TRUEUP_DUCKDB_MEMORY_LIMIT"), os.environ.get("TRUEUP_DUCKDB_TEMP_DIR")
+    out = {"memory_limit": limit} if limit else {}
+    if folder or limit:  # a folder of this process's own: parallel steps must not share spill files
+        out["temp_directory"] = os.path.join(folder or tempfile.gettempdir(), f"trueup-duckdb-{os.getpid()}")
+    return out
 
 
 def fetch(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:

@@ -98,8 +98,8 @@ class RestSystem:
         return self.config.entities[entity].resource
 
     def _pages(self, entity: str, params: dict) -> list[pa.Table]:
-        """Every page of the listing, each made Arrow as it arrives: the JSON records of one page
-        are alive at a time, not the whole listing's (5M price book entries as Python dicts took
+        """Every page of the listing, each made Arrow as it arrives: the JSON records of at most two
+        pages are alive at a time (one converted, the next arriving), not the whole listing's (5M price book entries as Python dicts took
         gigabytes more than as Arrow). The next page is asked for as soon as its cursor is known,
         so the server prepares it while this one is converted: at the large size trueup's half and
         the server's half of a listing were about equal, taken in turn."""
@@ -110,7 +110,8 @@ class RestSystem:
 
         done: list[pa.Table] = []
         pages: list[pa.Table] = []
-        with ThreadPoolExecutor(1, thread_name_prefix=f"trueup-{self.name}-next-page") as ahead:
+        ahead = ThreadPoolExecutor(1, thread_name_prefix=f"trueup-{self.name}-next-page")
+        try:
             coming = ahead.submit(get, None)
             while True:
                 body = coming.result()
@@ -123,6 +124,8 @@ class RestSystem:
                     pages = []
                 if not cursor:
                     return done
+        finally:  # a failed conversion is raised now, not after the page asked for ahead (and its retries)
+            ahead.shutdown(wait=False, cancel_futures=True)
 
     def _to_arrow(self, entity: str, rows: list[dict]) -> pa.Table:
         em = self.config.entities[entity]

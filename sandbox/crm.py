@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import random
 import socket
 import sqlite3
@@ -353,7 +354,6 @@ class CrmSandboxProcess:
         self.url = ""
 
     def start(self) -> "CrmSandboxProcess":
-        import os
         import subprocess
         import sys
 
@@ -408,11 +408,10 @@ def main() -> None:
     p.add_argument("--fault-kinds", default="429,500,drop")
     p.add_argument("--fault-seed", type=int)
     args = p.parse_args()
-    import os
-
     faults = Faults(write_fault_rate=args.fault_rate, kinds=tuple(args.fault_kinds.split(",")), seed=args.fault_seed)
     server = CrmSandboxServer(args.db, rate_per_second=args.rate, burst=args.burst, faults=faults,
                               token=os.environ.get(TOKEN_ENV) or None).start()
+
     def shut(*_) -> None:
         server.server.should_exit = True
 

@@ -62,7 +62,8 @@ class WmsSandbox:
                     continue
                 rec = json.loads(line)
                 name = entity_file[rec["entity"]]
-                key = {f"k{i}": str(rec["key"][k]) for i, k in enumerate(FILES[name])}  # kept apart: no separator to collide
+                # the key columns kept apart: no separator for a value to collide with
+                key = {f"k{i}": str(rec["key"][k]) for i, k in enumerate(FILES[name])}
                 seq = sum(len(u) for u in updates.values())
                 updates[name].append({**key, "seq": seq, "field": None, "value": None})  # the record itself
                 for col, v in rec["fields"].items():
@@ -101,7 +102,8 @@ def _apply(table: pa.Table, keys: list[str], updates: pa.Table, now: str) -> tup
         found = con.execute(f"SELECT count(DISTINCT seq) FROM u WHERE EXISTS (SELECT 1 FROM t WHERE {on})"
                             ).fetchall()[0][0]
         # per record, each field's latest value; columns aliased by position (names are the file's)
-        per_record = ", ".join([f"bool_or(field = $f{j}) AS __has_{j}, max(value) FILTER (WHERE field = $f{j}) AS __new_{j}"
+        per_record = ", ".join([f"bool_or(field = $f{j}) AS __has_{j}, "
+                                f"max(value) FILTER (WHERE field = $f{j}) AS __new_{j}"
                                 for j in range(len(fields))] or ["NULL AS __none"])
         select = []
         for j, c in enumerate(fields):

@@ -28,8 +28,9 @@ def connect() -> duckdb.DuckDBPyConnection:
 def settings() -> dict[str, str]:
     """DuckDB's memory cap from `TRUEUP_DUCKDB_MEMORY_LIMIT` (e.g. `4GB`; DuckDB's own default is
     80% of the machine): above it joins, aggregates and sorts spill to a folder of the process's
-    own under `TRUEUP_DUCKDB_TEMP_DIR` (default the system's temp folder) instead of growing, so the engine fits beside the Arrow
-    tables it works on. Only the engine's working memory: the tables themselves are Arrow's."""
+    own under `TRUEUP_DUCKDB_TEMP_DIR` (default the system's temp folder) instead of growing, so
+    the engine fits beside the Arrow tables it works on. Only the engine's working memory: the
+    tables themselves are Arrow's."""
     import os
     import tempfile
 

@@ -99,10 +99,11 @@ class RestSystem:
 
     def _pages(self, entity: str, params: dict) -> list[pa.Table]:
         """Every page of the listing, each made Arrow as it arrives: the JSON records of at most two
-        pages are alive at a time (one converted, the next arriving), not the whole listing's (5M price book entries as Python dicts took
-        gigabytes more than as Arrow). The next page is asked for as soon as its cursor is known,
-        so the server prepares it while this one is converted: at the large size trueup's half and
-        the server's half of a listing were about equal, taken in turn."""
+        pages are alive at a time (one converted, the next arriving), not the whole listing's (5M
+        price book entries as Python dicts took gigabytes more than as Arrow). The next page is
+        asked for as soon as its cursor is known, so the server prepares it while this one is
+        converted: at the large size trueup's half and the server's half of a listing were about
+        equal, taken in turn."""
         def get(cursor: str | None) -> dict:
             q = {**params, "limit": self.page_size, **({"cursor": cursor} if cursor else {})}
             resp, _ = self._request("GET", f"/api/v1/{self._resource(entity)}", params=q)

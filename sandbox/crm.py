@@ -328,12 +328,18 @@ class CrmSandboxServer:
 
 
 @contextmanager
-def serve(db_path: Path, **app_kw):
-    server = CrmSandboxServer(db_path, **app_kw).start()
+def _running(server):
+    """A started sandbox (thread or process) for a `with` block, stopped at its end."""
+    server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+def serve(db_path: Path, **app_kw):
+    """The sandbox served from a thread of this process (tests reach into its app state)."""
+    return _running(CrmSandboxServer(db_path, **app_kw))
 
 
 class CrmSandboxProcess:
@@ -386,14 +392,9 @@ class CrmSandboxProcess:
 TOKEN_ENV = "TRUEUP_CRM_SANDBOX_TOKEN"
 
 
-@contextmanager
 def serve_process(db_path: Path, **kw):
-    """`CrmSandboxProcess` for a `with` block. Yields it (`url`)."""
-    server = CrmSandboxProcess(db_path, **kw).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    """The sandbox served from a process of its own (`CrmSandboxProcess`), for a `with` block."""
+    return _running(CrmSandboxProcess(db_path, **kw))
 
 
 def main() -> None:

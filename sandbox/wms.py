@@ -56,18 +56,15 @@ class WmsSandbox:
         done.mkdir(parents=True, exist_ok=True)
         entity_file = {"customer": "ship_to", "product": "items", "inventory": "stock"}
         updates: dict[str, list[dict]] = {name: [] for name in FILES}  # one row per (line, field)
-        for f in files:  # the corrections: a change set, not the WMS's tables
-            for line in f.read_text().splitlines():
-                if not line.strip():
-                    continue
-                rec = json.loads(line)
-                name = entity_file[rec["entity"]]
-                # the key columns kept apart: no separator for a value to collide with
-                key = {f"k{i}": str(rec["key"][k]) for i, k in enumerate(FILES[name])}
-                seq = sum(len(u) for u in updates.values())
-                updates[name].append({**key, "seq": seq, "field": None, "value": None})  # the record itself
-                for col, v in rec["fields"].items():
-                    updates[name].append({**key, "seq": seq, "field": col, "value": None if v is None else str(v)})
+        lines = (line for f in files for line in f.read_text().splitlines() if line.strip())
+        for seq, line in enumerate(lines):  # the corrections: a change set, not the WMS's tables
+            rec = json.loads(line)
+            name = entity_file[rec["entity"]]
+            # the key columns kept apart: no separator for a value to collide with
+            key = {f"k{i}": str(rec["key"][k]) for i, k in enumerate(FILES[name])}
+            updates[name].append({**key, "seq": seq, "field": None, "value": None})  # the record itself
+            for col, v in rec["fields"].items():
+                updates[name].append({**key, "seq": seq, "field": col, "value": None if v is None else str(v)})
         now = datetime.now(timezone.utc).isoformat()
         changed = 0
         for name, keys in FILES.items():
@@ -94,28 +91,24 @@ def _apply(table: pa.Table, keys: list[str], updates: pa.Table, now: str) -> tup
     cols = table.column_names
     fields = [c for c in cols if c not in keys]
     ks = [f"k{i}" for i in range(len(keys))]
-    on = " AND ".join(f"{q(ks[i])} = CAST(t.{q(k)} AS VARCHAR)" for i, k in enumerate(keys))
+
+    def same_record(side: str) -> str:
+        return " AND ".join(f"{side}{q(ks[i])} = CAST(t.{q(k)} AS VARCHAR)" for i, k in enumerate(keys))
+
+    # per record, each field's latest value; columns aliased by position (names are the file's)
+    per_record = ", ".join([f"bool_or(field = $f{j}) AS __has_{j}, "
+                            f"max(value) FILTER (WHERE field = $f{j}) AS __new_{j}"
+                            for j in range(len(fields))] or ["NULL AS __none"])
+    value = {c: f"CASE WHEN x.k0 IS NOT NULL THEN CAST($now AS VARCHAR) ELSE t.{q(c)} END AS {q(c)}"
+             if c == "updated_at" else f"CASE WHEN x.__has_{j} THEN x.__new_{j} ELSE t.{q(c)} END AS {q(c)}"
+             for j, c in enumerate(fields)}
+    params = {f"f{j}": c for j, c in enumerate(fields)} | ({"now": now} if "updated_at" in fields else {})
     con = connect()
     try:
         con.register("t", table)
         con.register("u", updates)
-        found = con.execute(f"SELECT count(DISTINCT seq) FROM u WHERE EXISTS (SELECT 1 FROM t WHERE {on})"
+        found = con.execute(f"SELECT count(DISTINCT seq) FROM u WHERE EXISTS (SELECT 1 FROM t WHERE {same_record('')})"
                             ).fetchall()[0][0]
-        # per record, each field's latest value; columns aliased by position (names are the file's)
-        per_record = ", ".join([f"bool_or(field = $f{j}) AS __has_{j}, "
-                                f"max(value) FILTER (WHERE field = $f{j}) AS __new_{j}"
-                                for j in range(len(fields))] or ["NULL AS __none"])
-        select = []
-        for j, c in enumerate(fields):
-            if c == "updated_at":
-                select.append(f"CASE WHEN x.k0 IS NOT NULL THEN CAST($now AS VARCHAR) ELSE t.{q(c)} END AS {q(c)}")
-            else:
-                select.append(f"CASE WHEN x.__has_{j} THEN x.__new_{j} ELSE t.{q(c)} END AS {q(c)}")
-        by_name = {c: s for c, s in zip(fields, select)}
-        key_on = " AND ".join(f"x.{q(ks[i])} = CAST(t.{q(k)} AS VARCHAR)" for i, k in enumerate(keys))
-        params = {f"f{j}": c for j, c in enumerate(fields)}
-        if "updated_at" in fields:
-            params["now"] = now
         out = fetch(con, f"""
             WITH l AS (SELECT * FROM (
                          SELECT *, row_number() OVER (PARTITION BY {", ".join(ks)}, field ORDER BY seq DESC) AS r
@@ -123,8 +116,8 @@ def _apply(table: pa.Table, keys: list[str], updates: pa.Table, now: str) -> tup
                  x AS (SELECT {", ".join(f"d.{k}" for k in ks)}, {per_record}
                        FROM (SELECT DISTINCT {", ".join(ks)} FROM u) d LEFT JOIN l USING ({", ".join(ks)})
                        GROUP BY ALL)
-            SELECT {", ".join(by_name.get(c, f"t.{q(c)}") for c in cols)}
-            FROM (SELECT *, row_number() OVER () AS __row FROM t) t LEFT JOIN x ON {key_on}
+            SELECT {", ".join(value.get(c, f"t.{q(c)}") for c in cols)}
+            FROM (SELECT *, row_number() OVER () AS __row FROM t) t LEFT JOIN x ON {same_record('x.')}
             ORDER BY t.__row""", params)
     finally:
         con.close()

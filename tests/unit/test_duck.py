@@ -1,5 +1,5 @@
-"""The engine's DuckDB memory cap comes from the environment, and a capped engine still
-finishes a join larger than the cap by spilling to its temp folder."""
+"""The engine's DuckDB memory cap and spill folder come from the environment, and a capped
+engine still finishes a join whose build side is larger than the cap."""
 
 from __future__ import annotations
 

@@ -1,0 +1,57 @@
+"""A contract finds every failing row by key, and GX does not fingerprint the batch on the way
+(hashing every value twice was two thirds of a large price book's validation)."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from checks import contracts
+from trueup.config import Config
+from trueup.model import DOMAINS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def price_rows(n: int) -> pa.Table:
+    """n good ERP price rows, then the bad ones: a zero price, a min_qty of 0, a valid_to before
+    its valid_from, a key that is there twice."""
+    good = [{"source_system": "erp", "source_key": f"LIST-A|SKU-{i:05d}|EA|1", "sku": f"SKU-{i:05d}",
+             "price_list": "LIST-A", "uom": "EA", "min_qty": 1, "currency": "USD",
+             "unit_price": Decimal("9.5000"), "valid_from": date(2026, 1, 1), "valid_to": date(2026, 12, 31)}
+            for i in range(n)]
+    bad = [{**good[0], "source_key": "LIST-A|SKU-ZERO|EA|1", "unit_price": Decimal("0")},
+           {**good[0], "source_key": "LIST-A|SKU-MINQ|EA|0", "min_qty": 0},
+           {**good[0], "source_key": "LIST-A|SKU-DATES|EA|1", "valid_to": date(2025, 12, 31)},
+           {**good[1]}]  # good[1]'s key a second time
+    return pa.Table.from_pylist(good + bad, schema=DOMAINS["price"].schema)
+
+
+@pytest.fixture
+def no_fingerprint(monkeypatch):
+    """GX's dataframe fingerprint, made to fail the test if it is ever computed."""
+    contracts._gx()  # the module sets the threshold on first use
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    def hashed(df):
+        raise AssertionError(f"GX hashed a {len(df)}-row batch to fingerprint it")
+
+    monkeypatch.setattr(pandas_execution_engine, "hash_pandas_dataframe", hashed)
+
+
+def test_contract_names_each_failing_key_without_fingerprinting_the_batch(no_fingerprint):
+    config = Config.load(REPO / "config")
+    result = contracts.validate("erp", "price", price_rows(50), config, contracts.Severities(None))
+
+    failed = {r.id: r for r in result.failed}
+    assert result.rows == 54 and not result.passed
+    assert failed["price_positive"].keys == ["LIST-A|SKU-ZERO|EA|1"]
+    assert failed["min_qty_positive"].keys == ["LIST-A|SKU-MINQ|EA|0"]
+    assert failed["valid_from_before_valid_to"].keys == ["LIST-A|SKU-DATES|EA|1"]
+    assert failed["key_unique"].keys == ["LIST-A|SKU-00001|EA|1"] and failed["key_unique"].unexpected_count == 2
+    assert {r.id for r in result.results if r.success} >= {"key_not_null", "currency_iso"}
+    assert all(r.error is None for r in result.results)

@@ -10,7 +10,8 @@ counterparts by key) and the full run (every record). Both are the engine's work
 (extract, stage, match, golden, plan, write-back with live compare, ledger), without Dagster's
 per-step overhead, which is the same for both; the CRM sandbox serves from a process of its own, as
 a real CRM is another machine. Prints both times, rows per second, peak memory (max RSS of
-trueup's process), and the incremental run's score against the day's ground truth.
+trueup's process), CPU seconds (trueup's process, and the CRM sandbox's, which here shares the
+machine's cores) and the incremental run's score against the day's ground truth.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ def _rss_mb() -> float:
     that across exec, so a child started by a parent holding 8 GB reported 8 GB before doing anything."""
     with open("/proc/self/status") as fh:
         return int(re.search(r"^VmHWM:\s+(\d+) kB", fh.read(), re.M).group(1)) / 1024
+
+
+def _cpu_s(pid: int | str = "self") -> float:
+    """CPU seconds (user + system, every thread) a process has used so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_mode(mode: str, home: Path, lookback_minutes: float | None = None) -> dict:
@@ -69,7 +77,7 @@ def run_mode(mode: str, home: Path, lookback_minutes: float | None = None) -> di
         clients = {"erp": SqlSystem("erp", f"sqlite:///{demo / 'erp.sqlite'}", s["erp"]),
                    "crm": RestSystem("crm", srv.url, s["crm"], page_size=1000),
                    "wms": FileSystem("wms", demo / "wms", s["wms"])}
-        t0 = time.perf_counter()
+        t0, cpu0, crm_cpu0 = time.perf_counter(), _cpu_s(), _cpu_s(srv.proc.pid)
         rows_read, applied, planned = 0, 0, 0
         phases: dict[str, float] = {}
 
@@ -127,12 +135,13 @@ def run_mode(mode: str, home: Path, lookback_minutes: float | None = None) -> di
                 applied += sum(1 for v in out.column("status").to_pylist() if v == "applied")
         state.advance_watermarks(run_id)
         elapsed = time.perf_counter() - t0
+        cpu, crm_cpu = _cpu_s() - cpu0, _cpu_s(srv.proc.pid) - crm_cpu0
         peak = _rss_mb()  # trueup's run only: the 3PL's job below is not its memory
         clients["crm"].close()
     WmsSandbox(demo / "wms").process_inbound()  # the 3PL's own job, not trueup's time
     figures.update(run_id=run_id, seconds=round(elapsed, 2), rows_read=rows_read,
                    rows_per_s=round(rows_read / elapsed), changes_planned=planned, applied=applied,
-                   peak_rss_mb=round(peak, 1), phases=phases)
+                   peak_rss_mb=round(peak, 1), cpu_s=round(cpu, 2), crm_cpu_s=round(crm_cpu, 2), phases=phases)
     return figures
 
 
@@ -230,15 +239,18 @@ def _print(args, work: Path, truth_csv: Path, inc: dict, full: dict) -> None:
     s = score(truth_csv, StateStore(f"sqlite:///{work / 'incremental' / 'state.db'}").ledger(inc["run_id"]))
     sf = score(truth_csv, StateStore(f"sqlite:///{work / 'full' / 'state.db'}").ledger(full["run_id"]))
     print()
-    print(f"| run | seconds | rows read | rows/s | changes planned | applied | peak RSS MB (before timing) |")
-    print(f"|---|---|---|---|---|---|---|")
+    print("| run | seconds | rows read | rows/s | changes planned | applied | peak RSS MB (before timing) "
+          "| trueup CPU s | CRM sandbox CPU s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in (full, inc):
         print(f"| {r['mode']} | {r['seconds']} | {r['rows_read']} | {r['rows_per_s']} | {r['changes_planned']} "
-              f"| {r['applied']} | {r['peak_rss_mb']} ({r['rss_before_mb']}) |")
+              f"| {r['applied']} | {r['peak_rss_mb']} ({r['rss_before_mb']}) | {r['cpu_s']} | {r['crm_cpu_s']} |")
     for r in (full, inc):
         print(f"\n{r['mode']} run, seconds per phase: " + ", ".join(f"{k} {v}" for k, v in r["phases"].items()))
     print(f"\nlookback overlap: {args.lookback_minutes} min")
-    print(f"speed-up: {full['seconds'] / inc['seconds']:.1f}x (target >= 20x)")
+    print(f"speed-up: {full['seconds'] / inc['seconds']:.1f}x (target >= 20x); trueup's own CPU: "
+          f"{full['cpu_s'] / inc['cpu_s']:.1f}x less; with the CRM sandbox's (on the same {os.cpu_count()} cores): "
+          f"{(full['cpu_s'] + full['crm_cpu_s']) / (inc['cpu_s'] + inc['crm_cpu_s']):.1f}x less")
     print(f"landscape rows kept in sync per second: full {full['rows_read'] / full['seconds']:.0f}, "
           f"incremental {full['rows_read'] / inc['seconds']:.0f}")
     print(f"incremental vs the day's ground truth: recall {s.recall:.3f}, precision {s.precision:.3f} "

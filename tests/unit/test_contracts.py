@@ -55,3 +55,38 @@ def test_contract_names_each_failing_key_without_fingerprinting_the_batch(no_fin
     assert failed["key_unique"].keys == ["LIST-A|SKU-00001|EA|1"] and failed["key_unique"].unexpected_count == 2
     assert {r.id for r in result.results if r.success} >= {"key_not_null", "currency_iso"}
     assert all(r.error is None for r in result.results)
+
+
+def test_clauses_under_a_row_condition_see_the_columns_it_names(no_fingerprint):
+    """GX gets only the columns the contract reads; a condition's columns (country for a postal
+    code, role for a ship-to's parent) are among them."""
+    config = Config.load(REPO / "config")
+    base = {"source_system": "erp", "role": "sold_to", "name": "Acme", "city": "Springfield", "country": "US",
+            "postal_code": "12345", "email": "buyer@acme.example", "phone": "+15551234567", "currency": "USD",
+            "credit_limit": Decimal("100.00")}
+    rows = [{**base, "source_key": f"S{i}"} for i in range(20)] + [
+        {**base, "source_key": "S-BAD-ZIP", "postal_code": "1234"},  # not a US ZIP
+        {**base, "source_key": "S-GB", "country": "GB", "postal_code": "12345"},  # not a GB postcode
+        {**base, "source_key": "T-ORPHAN", "role": "ship_to", "parent_key": "S-NOT-THERE"},
+        {**base, "source_key": "T-OK", "role": "ship_to", "parent_key": "S1"}]
+    table = pa.Table.from_pylist(rows, schema=DOMAINS["customer"].schema)
+    result = contracts.validate("erp", "customer", table, config, contracts.Severities(None),
+                                {"erp.sold_to": [f"S{i}" for i in range(20)]})
+
+    failed = {r.id: r for r in result.failed}
+    assert failed["postal_code_format"].keys == ["S-BAD-ZIP", "S-GB"]
+    assert failed["ship_to_has_sold_to"].keys == ["T-ORPHAN"]
+    assert set(failed) == {"postal_code_format", "ship_to_has_sold_to"}
+    assert all(r.error is None for r in result.results)
+
+
+def test_a_condition_keeps_the_column_it_names_even_when_no_clause_reads_it():
+    _, gxe = contracts._gx()
+    postal = contracts.Expectation("postal_code_format", "postal_code", gxe.ExpectColumnValuesToMatchRegex(
+        column="postal_code", regex=r"^[0-9]{5}$", row_condition='country=="US"', condition_parser="pandas"))
+    pair = contracts.Expectation("dates", "valid_to", gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+        column_A="valid_to", column_B="valid_from"))
+    available = ["source_system", "source_key", "name", "country", "countryside", "postal_code", "valid_from",
+                 "valid_to"]
+    assert contracts._columns_read([postal, pair], available) == [
+        "source_key", "country", "postal_code", "valid_from", "valid_to"]

@@ -81,6 +81,7 @@ class Thresholds:
     tie_points: float = 1.5  # a runner-up this close (in points) makes the best one a review case
     midpoint: float = 4.5
     max_token_block: int = 50  # a name token more frequent among anchors than this does not block
+    max_block: int = 200  # no blocking key pairs a probe with more anchors than this (see _blocking_sql)
     one_to_one: bool = True  # a second probe of one system on the same anchor is a duplicate account
 
 
@@ -159,7 +160,9 @@ def normalise_customers(t: pa.Table) -> pa.Table:
     """The matching view of customer records: one row per input row, `rid` its position."""
     con = connect()
     con.register("t", t)
+    # the house number narrows a crowded postal code or parent for blocking
     out = fetch(con, f"""
+        SELECT *, nullif(regexp_extract(addr_n, '[0-9]+'), '') AS house_no FROM (
         SELECT row_number() OVER () - 1 AS rid, source_system, source_key, match_key,
                {"parent_key" if "parent_key" in t.column_names else "NULL"} AS parent_key,
                {"role" if "role" in t.column_names else "NULL"} AS role,
@@ -173,7 +176,7 @@ def normalise_customers(t: pa.Table) -> pa.Table:
                nullif(trim(phone), '') AS phone,
                nullif(lower(trim(email)), '') AS email,
                nullif(upper(regexp_replace(coalesce(tax_id, ''), '[^0-9A-Za-z]', '', 'g')), '') AS tax_id
-        FROM t""")
+        FROM t)""")
     con.close()
     return out
 
@@ -197,23 +200,37 @@ def normalise_products(t: pa.Table) -> pa.Table:
 # ------------------------------------------------------------------ blocking
 
 def _blocking_sql(domain: str, th: Thresholds) -> list[str]:
-    """One SELECT p.rid AS p, a.rid AS a per blocking pass, over views `probes` and `anchors`."""
+    """One SELECT p.rid AS p, a.rid AS a per blocking pass, over views `probes` and `anchors`.
+
+    No block may pair a probe with more than `max_block` anchors: a key shared that widely (a
+    postal code, a sold-to's ship-tos, a head office's phone) would compare every probe in it with
+    every anchor in it (the large landscape's 1,068 postal codes alone made 1.6 billion pairs).
+    Where a postal code or a parent is that crowded, it blocks together with the house number."""
+    cap = int(th.max_block)
+
+    def block(on: list[str], probe_cols: list[str] | None = None) -> str:
+        """Probes and anchors equal on `on` (the probe's own column names in `probe_cols`), in
+        blocks of at most `cap` anchors."""
+        pc_ = probe_cols or on
+        cols = ", ".join(on)
+        keys = " AND ".join(f"a.{a} = p.{b}" for a, b in zip(on, pc_))
+        return (f"SELECT p.rid AS p, a.rid AS a FROM probes p JOIN anchors a ON {keys} "
+                f"WHERE ({', '.join('a.' + c for c in on)}) IN (SELECT ({cols}) FROM anchors "
+                f"WHERE {' AND '.join(c + ' IS NOT NULL' for c in on)} GROUP BY ALL HAVING count(*) <= {cap})")
+
     if domain == "product":
-        return [
-            "SELECT p.rid AS p, a.rid AS a FROM probes p JOIN anchors a ON a.match_key = p.match_key",
-            "SELECT p.rid, a.rid FROM probes p JOIN anchors a ON a.gtin = p.gtin",
-            "SELECT p.rid, a.rid FROM probes p JOIN anchors a ON a.mpn = p.mpn",
-            "SELECT p.rid, a.rid FROM probes p JOIN anchors a ON a.desc_n = p.desc_n",
-        ]
+        return [block(["match_key"]), block(["gtin"]), block(["mpn"]), block(["desc_n"])]
     return [
         # the key the record claims (checked, never trusted blindly)
-        "SELECT p.rid AS p, a.rid AS a FROM probes p JOIN anchors a ON a.match_key = p.match_key",
+        block(["match_key"]),
         # hierarchy: a ship-to among the ship-tos of its (matched) sold-to
-        "SELECT p.rid, a.rid FROM probes p JOIN anchors a ON a.parent_key = p.parent_anchor",
-        "SELECT p.rid, a.rid FROM probes p JOIN anchors a ON a.country = p.country AND a.postal_n = p.postal_n",
-        "SELECT p.rid, a.rid FROM probes p JOIN anchors a ON a.phone = p.phone",
-        "SELECT p.rid, a.rid FROM probes p JOIN anchors a ON a.email = p.email",
-        "SELECT p.rid, a.rid FROM probes p JOIN anchors a ON a.tax_id = p.tax_id",
+        block(["parent_key"], ["parent_anchor"]),
+        block(["parent_key", "house_no"], ["parent_anchor", "house_no"]),
+        block(["country", "postal_n"]),
+        block(["country", "postal_n", "house_no"]),
+        block(["phone"]),
+        block(["email"]),
+        block(["tax_id"]),
         f"""SELECT ptk.rid, atk.rid FROM probe_tokens ptk JOIN anchor_tokens atk USING (country, tok)
             WHERE atk.tok IN (SELECT tok FROM anchor_tokens GROUP BY tok HAVING count(*) <= {int(th.max_token_block)})""",
     ]

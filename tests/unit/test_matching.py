@@ -162,3 +162,26 @@ def test_a_ship_to_is_matched_within_its_sold_to_once_the_sold_to_is_matched(con
     got = {r["source_key"]: (r["status"], r["anchor_key"]) for r in res.links.to_pylist()}
     assert got == {"ACC-1": ("accepted", "1001"), "ACC-11": ("accepted", "2001")}
     assert "parent =" in res.links.filter(pc.equal(res.links.column("source_key"), "ACC-11")).column("reason")[0].as_py()
+
+
+def _crowded_postal_code(n: int) -> pa.Table:
+    """n ERP sold-tos in one postal code, each at its own house number, and a CRM account
+    without a key for the one at number 7 (its name spelled differently, no phone, no email)."""
+    rows = [{"source_system": "erp", "source_key": str(2000 + i), "match_key": str(2000 + i), "role": "sold_to",
+             "name": f"Vendor{i:03d} Trading", "address_line1": f"{i} Commerce Way", "postal_code": "10001",
+             "city": "New York", "country": "US", "phone": f"+1212555{i:04d}", "email": f"ap{i}@v{i}.example.com"}
+            for i in range(1, n + 1)]
+    probe = {**rows[6], "source_system": "crm", "source_key": "ACC-7", "match_key": None, "name": "Vendr 007 Trdng",
+             "phone": None, "email": None}
+    return staged("customer", rows + [probe])
+
+
+def test_a_crowded_postal_code_blocks_with_the_house_number_not_with_every_anchor():
+    t = _crowded_postal_code(30)
+    crowded = matching.resolve("customer", t, "erp", thresholds=matching.Thresholds(max_block=10))
+    roomy = matching.resolve("customer", t, "erp", thresholds=matching.Thresholds(max_block=100))
+
+    assert roomy.comparisons == 30  # the probe against every sold-to of its postal code
+    assert crowded.comparisons == 1  # only the one at its house number
+    link = crowded.links.filter(pc.equal(crowded.links.column("source_key"), "ACC-7")).to_pylist()[0]
+    assert link["anchor_key"] == "2007"

@@ -81,7 +81,7 @@ class Thresholds:
     tie_points: float = 1.5  # a runner-up this close (in points) makes the best one a review case
     midpoint: float = 4.5
     max_token_block: int = 50  # a name token more frequent among anchors than this does not block
-    max_block: int = 200  # no blocking key pairs a probe with more anchors than this (see _blocking_sql)
+    max_block: int = 50  # no blocking key pairs a probe with more anchors than this (see _blocking_sql)
     one_to_one: bool = True  # a second probe of one system on the same anchor is a duplicate account
 
 

@@ -17,9 +17,10 @@ that each one's peak memory is its own:
 Peak memory per stage is sampled from /proc (RSS every 5 ms, so Arrow and DuckDB memory count);
 the process peak is its VmHWM. Prints one table and writes bench/out/scale.json.
 
-The CRM is read over its REST API at every size (default `--crm-rest-limit` 10M). Above a lower
-limit its extract is read from the sandbox's store instead, for a quicker pass; the REST rate is
-then measured on the CRM's product records and the full figure projected from it.
+The CRM is read over its REST API at every size (default `--crm-rest-limit` 10M). With the limit
+set below a size's CRM record count, that size's CRM extract is read from the sandbox's store
+instead, for a quicker pass; the REST rate is then measured on the CRM's product records and the
+full figure projected from it.
 """
 
 from __future__ import annotations

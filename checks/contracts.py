@@ -188,29 +188,34 @@ def _membership(staged: pa.Table, system: str, reference: dict[str, list[str]] |
 
 def _columns_read(exps: list[Expectation], available: list[str]) -> list[str]:
     """The columns a contract reads: its clauses' columns, those their row conditions name, and
-    the key the failing rows are reported by."""
+    the key the failing rows are reported by. A clause that names no column of its own (a table
+    level one) or whose condition cannot be read as text gets every column."""
     import re
 
     names = {"source_key"}
     for e in exps:
-        names.update(v for v in (getattr(e.gx, a, None) for a in ("column", "column_A", "column_B")) if v)
+        own = [v for v in (getattr(e.gx, a, None) for a in ("column", "column_A", "column_B")) if v]
+        own += [v for a in ("column_list", "column_set") for v in (getattr(e.gx, a, None) or [])]
+        if not own:
+            return list(available)
+        names.update(own)
         cond = getattr(e.gx, "row_condition", None)
         if cond:
-            text = getattr(cond, "pass_through_filter", None) or str(cond)
+            text = cond if isinstance(cond, str) else getattr(cond, "pass_through_filter", None)
+            if not text:
+                return list(available)
             names.update(n for n in available if re.search(rf"\b{re.escape(n)}\b", text))
     return [n for n in available if n in names]
 
 
-def _frame(staged: pa.Table, extra: dict[str, pa.Array] | None = None, columns: list[str] | None = None):
+def _frame(staged: pa.Table, extra: dict[str, pa.Array], columns: list[str]):
     """The rows as pandas for GX, only `columns` (GX filters the whole frame for every clause
     with a row condition: a customer's unread address columns were most of that copying), with
     decimals as float64 (range checks only need the sign and magnitude, and object columns of
     Decimals are slow)."""
     import pyarrow.compute as pc
 
-    table = pa.table({**{n: staged.column(n) for n in staged.column_names}, **(extra or {})})
-    if columns is not None:
-        table = table.select(columns)
+    table = pa.table({**{n: staged.column(n) for n in staged.column_names}, **extra}).select(columns)
     return pa.table({f.name: pc.cast(table.column(f.name), pa.float64()) if pa.types.is_decimal(f.type)
                      else table.column(f.name) for f in table.schema}).to_pandas()
 

@@ -57,9 +57,9 @@ def test_contract_names_each_failing_key_without_fingerprinting_the_batch(no_fin
     assert all(r.error is None for r in result.results)
 
 
-def test_clauses_under_a_row_condition_see_the_columns_it_names(no_fingerprint):
-    """GX gets only the columns the contract reads; a condition's columns (country for a postal
-    code, role for a ship-to's parent) are among them."""
+def test_customer_clauses_under_row_conditions_still_fail_by_key(no_fingerprint):
+    """With GX given only the columns the contract reads, the clauses under a row condition (a
+    postal code per country, a ship-to's sold-to) still find each failing row."""
     config = Config.load(REPO / "config")
     base = {"source_system": "erp", "role": "sold_to", "name": "Acme", "city": "Springfield", "country": "US",
             "postal_code": "12345", "email": "buyer@acme.example", "phone": "+15551234567", "currency": "USD",
@@ -90,3 +90,9 @@ def test_a_condition_keeps_the_column_it_names_even_when_no_clause_reads_it():
                  "valid_to"]
     assert contracts._columns_read([postal, pair], available) == [
         "source_key", "country", "postal_code", "valid_from", "valid_to"]
+    compound = contracts.Expectation("unique_pair", None, gxe.ExpectCompoundColumnsToBeUnique(
+        column_list=["name", "postal_code"]))
+    assert contracts._columns_read([compound], available) == ["source_key", "name", "postal_code"]
+    # a clause about the table, not a column of it: GX gets every column
+    table_level = contracts.Expectation("columns", None, gxe.ExpectTableColumnCountToEqual(value=8))
+    assert contracts._columns_read([postal, table_level], available) == available

@@ -88,43 +88,35 @@ def cmd_run(args) -> int:
     only in the warehouse, and the report is read back from there."""
     import dagster as dg
 
-    from pipelines.definitions import nightly_job
-
     home = _home(args)
     if not os.environ.get("TRUEUP_ERP_URL"):  # the demo, unless real systems are configured
         _ensure_demo(home, args.scale, args.rebuild)
     tags = {"trueup/dry_run": "true"} if args.dry_run else {}
     os.environ.setdefault("DAGSTER_HOME", str(home / "dagster"))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    before = os.environ.get("TRUEUP_HOME")
-    os.environ["TRUEUP_HOME"] = str(home)  # what the reconstructable job is rebuilt from
-    try:
-        t = time.perf_counter()
-        with dg.execute_job(dg.reconstructable(nightly_job), instance=dg.DagsterInstance.get(), tags=tags,
-                            raise_on_error=False) as result:
-            elapsed = time.perf_counter() - t
-            summary = None
-            # the report as this run's report step wrote it (the warehouse's JSON; a report left
-            # by an earlier run is not this run's)
-            report = home / "warehouse" / "reconciliation_report.json"
-            if report.exists() and any(ev.is_step_success and ev.step_key == "reconciliation_report"
-                                       for ev in result.all_events):
-                summary = json.loads(report.read_text())
-            if summary:
-                from trueup.report import render_markdown
+    job = dg.build_reconstructable_job("pipelines.definitions", "nightly_job_for", reconstructable_kwargs={
+        "home": str(home), "executor_name": os.environ.get("TRUEUP_EXECUTOR", "in_process"),
+        "config_dir": os.environ.get("TRUEUP_CONFIG_DIR")})
+    t = time.perf_counter()
+    with dg.execute_job(job, instance=dg.DagsterInstance.get(), tags=tags, raise_on_error=False) as result:
+        elapsed = time.perf_counter() - t
+        summary = None
+        # the report as this run's report step wrote it (the warehouse's JSON; a report left by an
+        # earlier run is not this run's)
+        report = home / "warehouse" / "reconciliation_report.json"
+        if report.exists() and any(ev.is_step_success and ev.step_key == "reconciliation_report"
+                                   for ev in result.all_events):
+            summary = json.loads(report.read_text())
+        if summary:
+            from trueup.report import render_markdown
 
-                print(render_markdown(summary))
-                print(f"report: {summary['report_path']}")
-                if summary.get("markdown_path"):
-                    print(f"markdown: {summary['markdown_path']}")
-            _print_failures(result)
-            print(f"run {result.run_id} {'succeeded' if result.success else 'FAILED'} in {elapsed:.1f}s")
-            return 0 if result.success else 1
-    finally:
-        if before is None:
-            os.environ.pop("TRUEUP_HOME", None)
-        else:
-            os.environ["TRUEUP_HOME"] = before
+            print(render_markdown(summary))
+            print(f"report: {summary['report_path']}")
+            if summary.get("markdown_path"):
+                print(f"markdown: {summary['markdown_path']}")
+        _print_failures(result)
+        print(f"run {result.run_id} {'succeeded' if result.success else 'FAILED'} in {elapsed:.1f}s")
+        return 0 if result.success else 1
 
 
 def _sync_summary(result, elapsed: float) -> int:

@@ -183,4 +183,12 @@ def nightly_job() -> dg.JobDefinition:
     return build_definitions().resolve_job_def("nightly_reconciliation")
 
 
+def nightly_job_for(home: str, executor_name: str, config_dir: str | None = None) -> dg.JobDefinition:
+    """The nightly job of one trueup home, config and executor: the CLI's reconstructable target.
+    Its arguments travel with the job to every process that runs a step of it, and Dagster keys
+    the rebuilt job on them, so a process that runs several homes (a test session) rebuilds each."""
+    return build_definitions(home=home, config_dir=config_dir,
+                             executor_name=executor_name).resolve_job_def("nightly_reconciliation")
+
+
 defs = build_definitions()

@@ -1,22 +1,34 @@
-"""`trueup run`: the nightly job from the command line prints the report of the run it started."""
+"""`trueup run`: the nightly job from the command line prints the report of the run it started,
+for the home it was given, even when one process runs several homes."""
 
 from __future__ import annotations
 
-import os
 import re
+import shutil
 from pathlib import Path
 
 from pipelines.cli import main as cli
 
 
-def test_trueup_run_prints_the_report_of_its_own_run(home, monkeypatch, capsys):
-    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    monkeypatch.delenv("TRUEUP_HOME", raising=False)
-
+def _run(home: Path, capsys) -> tuple[str, Path]:
     assert cli(["--home", str(home), "run"]) == 0
     out = capsys.readouterr().out
     run_id = re.search(r"^run (\S+) succeeded in", out, re.M).group(1)
     report = Path(re.search(r"^report: (.+)$", out, re.M).group(1))
-    assert report.exists() and report.parent.name == run_id  # this run's report, not an earlier one
     assert "## " in out  # the summary itself, rendered
-    assert "TRUEUP_HOME" not in os.environ  # the job is rebuilt from it; the caller's environment is left as it was
+    return run_id, report
+
+
+def test_trueup_run_prints_the_report_of_its_own_run_for_each_home(home, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    monkeypatch.delenv("TRUEUP_EXECUTOR", raising=False)  # in-process, whatever an earlier test set
+    other = tmp_path / "other"
+    shutil.copytree(home / "demo", other / "demo")
+
+    first_id, first = _run(home, capsys)
+    second_id, second = _run(other, capsys)
+
+    assert first.exists() and first.parent.name == first_id and first.is_relative_to(home)
+    # the second home's run wrote its own warehouse and report, not the first home's again
+    assert second.exists() and second.parent.name == second_id and second.is_relative_to(other)
+    assert (other / "warehouse" / "reconciliation_report.json").exists()

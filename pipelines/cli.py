@@ -61,13 +61,18 @@ def _ensure_demo(home: Path, scale: float, rebuild: bool, seed: int = 7) -> None
               f"{info['discrepancies']} injected discrepancies -> {demo}")
 
 
+def _dagster_home(home: Path) -> None:
+    """Dagster's instance under the trueup home unless DAGSTER_HOME says otherwise."""
+    os.environ.setdefault("DAGSTER_HOME", str(home / "dagster"))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+
+
 def _execute(home: Path, job_name: str, tags: dict, partition_key: str | None = None):
     import dagster as dg
 
     from pipelines.definitions import build_definitions
 
-    os.environ.setdefault("DAGSTER_HOME", str(home / "dagster"))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    _dagster_home(home)
     job = build_definitions(home=home).resolve_job_def(job_name)
     t = time.perf_counter()
     result = job.execute_in_process(instance=dg.DagsterInstance.get(), tags=tags, partition_key=partition_key,
@@ -88,12 +93,13 @@ def cmd_run(args) -> int:
     only in the warehouse, and the report is read back from there."""
     import dagster as dg
 
+    from trueup.warehouse import Warehouse
+
     home = _home(args)
     if not os.environ.get("TRUEUP_ERP_URL"):  # the demo, unless real systems are configured
         _ensure_demo(home, args.scale, args.rebuild)
     tags = {"trueup/dry_run": "true"} if args.dry_run else {}
-    os.environ.setdefault("DAGSTER_HOME", str(home / "dagster"))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    _dagster_home(home)
     job = dg.build_reconstructable_job("pipelines.definitions", "nightly_job_for", reconstructable_kwargs={
         "home": str(home), "executor_name": os.environ.get("TRUEUP_EXECUTOR", "in_process"),
         "config_dir": os.environ.get("TRUEUP_CONFIG_DIR")})
@@ -103,7 +109,7 @@ def cmd_run(args) -> int:
         summary = None
         # the report as this run's report step wrote it (the warehouse's JSON; a report left by an
         # earlier run is not this run's)
-        report = home / "warehouse" / "reconciliation_report.json"
+        report = Warehouse(home / "warehouse").path("reconciliation_report").with_suffix(".json")
         if report.exists() and any(ev.is_step_success and ev.step_key == "reconciliation_report"
                                    for ev in result.all_events):
             summary = json.loads(report.read_text())
@@ -301,8 +307,7 @@ def cmd_approvals_decide(args) -> int:
 def cmd_replay(args) -> int:
     """The replay_dead_letters job in-process."""
     home = _home(args)
-    os.environ.setdefault("DAGSTER_HOME", str(home / "dagster"))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    _dagster_home(home)
 
     import dagster as dg
 

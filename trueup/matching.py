@@ -197,6 +197,10 @@ def normalise_products(t: pa.Table) -> pa.Table:
     return out
 
 
+def _normalise(domain: str, staged: pa.Table) -> pa.Table:
+    return (normalise_products if domain == "product" else normalise_customers)(staged)
+
+
 # ------------------------------------------------------------------ blocking
 
 def _blocking_sql(domain: str, th: Thresholds) -> list[str]:
@@ -403,8 +407,7 @@ def resolve(domain: str, staged: pa.Table, anchor_system: str, *, xref_system: s
     """
     th = thresholds or Thresholds()
     now = now or datetime.now(timezone.utc)
-    norm = normalised if normalised is not None else \
-        (normalise_products if domain == "product" else normalise_customers)(staged)
+    norm = normalised if normalised is not None else _normalise(domain, staged)
     con = connect()
     con.register("n", norm)
     con.register("prev", previous if previous is not None else LINK_SCHEMA.empty_table())
@@ -582,7 +585,7 @@ def match_domain(domain: str, staged: pa.Table, config, *, previous: pa.Table | 
         return None
     anchor, xref = anchor_system(domain, config)
     # normalised once for both passes: it is a third of a pass at the large size (3.4M customers)
-    norm = (normalise_products if domain == "product" else normalise_customers)(staged)
+    norm = _normalise(domain, staged)
     res = resolve(domain, staged, anchor, xref_system=xref, previous=previous, decisions=decisions,
                   thresholds=thresholds, normalised=norm)
     # a parent linked just now: its children are matched again within it (only they are rescored:

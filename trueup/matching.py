@@ -18,7 +18,9 @@ cross-reference system (the CRM) carries:
 - check keys: a CRM record whose ERP number points at a record that does not look like it, while
   another ERP record does, is a broken cross-reference: an exception with the evidence, the record
   held out of corrections, its key never rewritten on a guess. A second record of the same system
-  matching an anchor that already has one is a duplicate account: reported and held too.
+  matching an anchor that already has one is a duplicate account: reported and held too. A keyed
+  record is scored against its claimed anchor first; only a claim in doubt is compared with the
+  rest of its block (a million carried keys cost a million comparisons, not six).
 
 Results persist as the links table: a probe whose matching fields did not change since the run
 that decided it keeps that decision without being scored again (incremental runs).
@@ -70,6 +72,19 @@ DECISION_SCHEMA = pa.schema([
     pa.field("decided_at", pa.timestamp("us", tz="UTC")),
 ])
 MATCHED_DOMAINS = ("customer", "product")
+# a scored candidate pair, with the probe's fingerprint (see `resolve(scored_before=)`)
+_SCORED_SCHEMA = pa.schema([
+    pa.field("source_system", pa.string()),
+    pa.field("source_key", pa.string()),
+    pa.field("claimed", pa.string()),
+    pa.field("keyed", pa.bool_()),
+    pa.field("fingerprint", pa.string()),
+    pa.field("anchor_key", pa.string()),
+    pa.field("points", pa.float64()),
+    pa.field("confidence", pa.float64()),
+    pa.field("reason", pa.string()),
+    pa.field("is_claimed", pa.bool_()),
+])
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,8 @@ class Resolution:
     exceptions: pa.Table  # EXCEPTION_SCHEMA
     comparisons: int  # candidate pairs scored this run
     reused: int  # probes whose earlier decision was reused without scoring
+    scored: pa.Table | None = None  # every scored pair, for a second pass over the same records
+
 
     def link_keys(self) -> pa.Table:
         """(source_system, source_key, link_key) for the links that drive clustering."""
@@ -371,6 +388,31 @@ def score_pairs(domain: str, probes: pa.Table, anchors: pa.Table, pairs: pa.Tabl
     return t.append_column("confidence", pa.array(conf))
 
 
+def _score_probes(domain: str, probes: pa.Table, anchors: pa.Table, th: Thresholds) -> pa.Table:
+    """`score_pairs` over the candidate pairs of `probes` (row ids = positions), where a keyed
+    probe whose claimed anchor scores at least `review` is scored against that anchor only.
+
+    A keyed record's other candidates matter only when its key is in doubt (`_key_checks`), so
+    the cross-reference system's million keyed records cost one comparison each, not their
+    whole blocks, and the few in doubt are compared with every candidate."""
+    keyed = probes.filter(probes.column("keyed"))
+    if not keyed.num_rows:
+        return score_pairs(domain, probes, anchors, candidate_pairs(domain, probes, anchors, th), th)
+    con = connect()
+    con.register("probes", keyed)
+    con.register("anchors", anchors)
+    claims = fetch(con, f"SELECT p, a FROM ({_blocking_sql(domain, th)[0]}) ORDER BY p, a")
+    con.close()
+    claimed = score_pairs(domain, probes, anchors, claims, th)
+    # settled: every claimed pair of the probe (a key shared by two anchors has two) is plausible
+    by_probe = claimed.group_by("p").aggregate([("confidence", "min")])
+    settled = by_probe.filter(pc.greater_equal(by_probe.column("confidence_min"), th.review)).column("p")
+    rest = probes.filter(pc.invert(pc.is_in(probes.column("rid"), settled)))
+    scored = score_pairs(domain, probes, anchors, candidate_pairs(domain, rest, anchors, th), th)
+    return pa.concat_tables([claimed.filter(pc.is_in(claimed.column("p"), settled)), scored],
+                            promote_options="default")  # either may be empty (no f_ columns)
+
+
 def _reason_sql(t: pa.Table) -> str:
     """SQL building a reason such as 'name 96; street 100; postal_n =; phone =; email ≠'."""
     parts = []
@@ -397,13 +439,16 @@ def _fingerprint_sql(domain: str) -> str:
 def resolve(domain: str, staged: pa.Table, anchor_system: str, *, xref_system: str | None = None,
             previous: pa.Table | None = None, decisions: pa.Table | None = None,
             thresholds: Thresholds | None = None, now: datetime | None = None,
-            normalised: pa.Table | None = None) -> Resolution:
+            normalised: pa.Table | None = None, scored_before: pa.Table | None = None) -> Resolution:
     """Match the records of `staged` that lack a usable key to the anchor system's records.
 
     Probes: records of other systems whose match key is missing or names no anchor record, and
     (for the cross-reference system) every keyed record, so its key is checked. `previous` is the
     last run's links (reused where the probe did not change); `decisions` the review decisions.
     `normalised`: `staged` already normalised (a second pass over the same records).
+    `scored_before`: an earlier pass's `Resolution.scored` over the same records, anchors and
+    decisions: a probe whose fingerprint it already holds keeps those scores instead of being
+    scored again (its candidates and scores depend only on its own fields and the anchors).
     """
     th = thresholds or Thresholds()
     now = now or datetime.now(timezone.utc)
@@ -443,23 +488,32 @@ def resolve(domain: str, staged: pa.Table, anchor_system: str, *, xref_system: s
     con.register("reused", reused)
     probes = fetch(con, """SELECT * FROM all_probes WHERE (source_system, source_key) NOT IN
                            (SELECT (source_system, source_key) FROM reused) ORDER BY rid""")
-    # re-number so row ids index the arrays directly
-    probes = probes.set_column(0, "rid", pa.array(np.arange(probes.num_rows), pa.int64()))
-    anchors = anchors.set_column(0, "rid", pa.array(np.arange(anchors.num_rows), pa.int64()))
-    pairs = candidate_pairs(domain, probes, anchors, th)
-    scored = score_pairs(domain, probes, anchors, pairs, th)
     con.register("probes", probes)
+    con.register("before", scored_before if scored_before is not None else _SCORED_SCHEMA.empty_table())
+    # scored already: a probe an earlier pass scored with these very fields
+    con.execute("""CREATE TEMP TABLE kept AS SELECT b.* FROM before b
+        SEMI JOIN probes p USING (source_system, source_key, fingerprint)""")
+    to_score = fetch(con, """SELECT * FROM probes WHERE (source_system, source_key) NOT IN
+                              (SELECT (source_system, source_key) FROM kept) ORDER BY rid""")
+    # re-number so row ids index the arrays directly
+    to_score = to_score.set_column(0, "rid", pa.array(np.arange(to_score.num_rows), pa.int64()))
+    anchors = anchors.set_column(0, "rid", pa.array(np.arange(anchors.num_rows), pa.int64()))
+    scored = _score_probes(domain, to_score, anchors, th)
+    con.register("to_score", to_score)
     con.register("anchors", anchors)
     con.register("scored", scored)
+    comparisons = scored.num_rows
     reason = _reason_sql(scored) if scored.num_rows else "''"
     con.execute(f"""CREATE TEMP TABLE s AS
         SELECT pr.source_system, pr.source_key, pr.match_key AS claimed, pr.keyed, pr.fingerprint,
                an.match_key AS anchor_key, sc.points, sc.confidence, {reason} AS reason,
                an.match_key IS NOT DISTINCT FROM pr.match_key AS is_claimed
-        FROM scored sc JOIN probes pr ON pr.rid = sc.p JOIN anchors an ON an.rid = sc.a
-        WHERE NOT EXISTS (SELECT 1 FROM dec WHERE dec.domain = $1 AND dec.decision = 'reject'
-                          AND dec.source_system = pr.source_system AND dec.source_key = pr.source_key
-                          AND dec.anchor_key = an.match_key)""", [domain])
+        FROM scored sc JOIN to_score pr ON pr.rid = sc.p JOIN anchors an ON an.rid = sc.a
+        UNION ALL SELECT {", ".join(_SCORED_SCHEMA.names)} FROM kept""")
+    con.execute("""DELETE FROM s WHERE EXISTS (
+        SELECT 1 FROM dec WHERE dec.domain = $1 AND dec.decision = 'reject' AND dec.source_system = s.source_system
+                            AND dec.source_key = s.source_key AND dec.anchor_key = s.anchor_key)""", [domain])
+    del scored
     links = fetch(con, f"""
         WITH ranked AS (
             SELECT *, row_number() OVER (PARTITION BY source_system, source_key
@@ -498,6 +552,7 @@ def resolve(domain: str, staged: pa.Table, anchor_system: str, *, xref_system: s
         [domain])
     con.register("links1", links)
     exceptions = _key_checks(con, domain, th)
+    scored_out = fetch(con, f"SELECT {', '.join(_SCORED_SCHEMA.names)} FROM s").cast(_SCORED_SCHEMA)
     out = fetch(con, f"""
         SELECT {", ".join(LINK_SCHEMA.names)} FROM links1 WHERE NOT keyed
         UNION ALL SELECT {", ".join(LINK_SCHEMA.names)} FROM reused""").cast(LINK_SCHEMA)
@@ -509,7 +564,7 @@ def resolve(domain: str, staged: pa.Table, anchor_system: str, *, xref_system: s
         is_dup = pc.is_in(pc.binary_join_element_wise(out.column("source_system"), out.column("source_key"), "\x1f"),
                           pc.binary_join_element_wise(dup.column("source_system"), dup.column("source_key"), "\x1f"))
         out = out.filter(pc.invert(is_dup))
-    return Resolution(out, exceptions, comparisons=pairs.num_rows, reused=reused.num_rows)
+    return Resolution(out, exceptions, comparisons=comparisons, reused=reused.num_rows, scored=scored_out)
 
 
 def _key_checks(con, domain: str, th: Thresholds) -> pa.Table:
@@ -578,6 +633,19 @@ def anchor_system(domain: str, config) -> tuple[str, str | None]:
     return max(sorted(set(owners)), key=owners.count), None
 
 
+def _parent_newly_linked(staged: pa.Table, linked: pa.Table, was: pa.Table) -> bool:
+    """Whether any record's parent was linked by this run (not already by the previous one)."""
+    con = connect()
+    con.register("child", staged.select(["source_system", "parent_key"]))
+    con.register("linked", linked)
+    con.register("was", was.select(["source_system", "source_key"]))
+    found = con.execute("""SELECT EXISTS (
+        SELECT 1 FROM child c JOIN linked l ON l.source_system = c.source_system AND l.source_key = c.parent_key
+        ANTI JOIN was w ON w.source_system = l.source_system AND w.source_key = l.source_key)""").fetchone()[0]
+    con.close()
+    return bool(found)
+
+
 def match_domain(domain: str, staged: pa.Table, config, *, previous: pa.Table | None = None,
                  decisions: pa.Table | None = None, thresholds: Thresholds | None = None) -> Resolution | None:
     """`resolve` for a matched domain with its anchor from the rules; None for other domains."""
@@ -592,15 +660,11 @@ def match_domain(domain: str, staged: pa.Table, config, *, previous: pa.Table | 
     # their parent changed, so their fingerprint did)
     linked = res.link_keys()
     if domain == "customer" and linked.num_rows and "parent_key" in staged.column_names:
-        parents = set(zip(linked.column("source_system").to_pylist(), linked.column("source_key").to_pylist()))
         was = (previous.filter(pc.is_in(previous.column("status"), pa.array(["accepted", "confirmed"])))
                if previous is not None else LINK_SCHEMA.empty_table())
-        prev_keys = set(zip(was.column("source_system").to_pylist(), was.column("source_key").to_pylist()))
-        children = staged.filter(pc.is_valid(staged.column("parent_key")))
-        if any((s, k) in parents - prev_keys for s, k in zip(children.column("source_system").to_pylist(),
-                                                               children.column("parent_key").to_pylist())):
+        if _parent_newly_linked(staged, linked, was):
             again = resolve(domain, staged, anchor, xref_system=xref, previous=res.links, decisions=decisions,
-                            thresholds=thresholds, normalised=norm)
+                            thresholds=thresholds, normalised=norm, scored_before=res.scored)
             res = Resolution(again.links, again.exceptions, res.comparisons + again.comparisons,
-                             res.reused)
+                             res.reused, again.scored)
     return res

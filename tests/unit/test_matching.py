@@ -185,3 +185,35 @@ def test_a_crowded_postal_code_blocks_with_the_house_number_not_with_every_ancho
     assert crowded.comparisons == 1  # only the one at its house number
     link = crowded.links.filter(pc.equal(crowded.links.column("source_key"), "ACC-7")).to_pylist()[0]
     assert link["anchor_key"] == "2007"
+
+
+# Blue Harbor's second site, carried in the CRM with its right ERP number
+CRM_KEYED = {**CRM_UNKEYED, "source_key": "ACC-5", "match_key": "1003", "name": "Blue Harbor Supply",
+             "address_line1": "400 Lake Road", "address_line2": None, "postal_code": "60690",
+             "phone": "+13125550999", "email": "ap@otherblue.example.com"}
+
+
+def test_a_carried_key_that_looks_right_is_one_comparison_and_a_doubtful_one_is_compared_with_every_candidate():
+    right = matching.resolve("customer", staged("customer", ERP + [CRM_KEYED]), "erp", xref_system="crm")
+    assert right.comparisons == 1 and right.exceptions.num_rows == 0
+
+    wrong = matching.resolve("customer", staged("customer", ERP + [CRM_WRONG]), "erp", xref_system="crm")
+    assert wrong.comparisons > 1  # its claim, then the records that could be the right one
+    assert [(e["kind"], e["suggested_key"]) for e in wrong.exceptions.to_pylist()] == [("xref_wrong", "1002")]
+
+
+def test_the_second_pass_scores_again_only_the_records_whose_parent_was_just_linked(config):
+    ship = {"source_system": "erp", "source_key": "2001", "match_key": "2001", "role": "ship_to", "parent_key": "1001",
+            "name": "Blue Harbor Supply - Chicago", "address_line1": "12 Main St", "postal_code": "60601",
+            "city": "Chicago", "country": "US", "phone": "+13125550200"}
+    moved = {"source_system": "crm", "source_key": "ACC-11", "match_key": None, "role": "ship_to",
+             "parent_key": "ACC-1", "name": "Blue Harbor Supply - Chicago", "address_line1": "77 Logistics Park",
+             "postal_code": "60607", "city": "Chicago", "country": "US", "phone": "+13125550200"}
+    t = staged("customer", ERP + [ship, CRM_UNKEYED, moved, CRM_KEYED])
+    first = matching.resolve("customer", t, "erp", xref_system="crm")
+    # a second pass from scratch: the ship-to within its sold-to, and the keyed record again
+    rescored = matching.resolve("customer", t, "erp", xref_system="crm", previous=first.links).comparisons
+
+    res = matching.match_domain("customer", t, config)
+    assert res.links.filter(pc.equal(res.links.column("source_key"), "ACC-11")).column("anchor_key")[0].as_py() == "2001"
+    assert res.comparisons == first.comparisons + rescored - 1  # the keyed record kept its one comparison

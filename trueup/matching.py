@@ -168,19 +168,26 @@ def _name_sql(expr: str) -> str:
 def _address_sql(expr: str) -> str:
     x = _clean(expr)
     x = f"regexp_replace({x}, '([a-z])strasse\\b', '\\1 str', 'g')"  # Hauptstrasse -> haupt str
-    for long, short in ADDRESS_WORDS.items():
-        x = f"regexp_replace({x}, '\\b{long}\\b', '{short}', 'g')"
+    # word by word in one pass (no short form is itself a long form, so the order does not matter)
+    words = " ".join(f"WHEN '{long}' THEN '{short}'" for long, short in ADDRESS_WORDS.items())
+    x = f"array_to_string(list_transform(string_split({x}, ' '), lambda w: CASE w {words} ELSE w END), ' ')"
     return _squash(x)
+
+
+def _with_positions(t: pa.Table) -> pa.Table:
+    """`t` with each row's position as `_pos`: numbered in Arrow, because `row_number() OVER ()`
+    would make DuckDB evaluate the whole normalising projection on one thread."""
+    return t.append_column("_pos", pa.array(np.arange(t.num_rows), pa.int64()))
 
 
 def normalise_customers(t: pa.Table) -> pa.Table:
     """The matching view of customer records: one row per input row, `rid` its position."""
     con = connect()
-    con.register("t", t)
+    con.register("t", _with_positions(t))
     # the house number narrows a crowded postal code or parent for blocking
     out = fetch(con, f"""
         SELECT *, nullif(regexp_extract(addr_n, '[0-9]+'), '') AS house_no FROM (
-        SELECT row_number() OVER () - 1 AS rid, source_system, source_key, match_key,
+        SELECT _pos AS rid, source_system, source_key, match_key,
                {"parent_key" if "parent_key" in t.column_names else "NULL"} AS parent_key,
                {"role" if "role" in t.column_names else "NULL"} AS role,
                upper(trim(country)) AS country,
@@ -200,9 +207,9 @@ def normalise_customers(t: pa.Table) -> pa.Table:
 
 def normalise_products(t: pa.Table) -> pa.Table:
     con = connect()
-    con.register("t", t)
+    con.register("t", _with_positions(t))
     out = fetch(con, f"""
-        SELECT row_number() OVER () - 1 AS rid, source_system, source_key, match_key,
+        SELECT _pos AS rid, source_system, source_key, match_key,
                NULL::VARCHAR AS parent_key, NULL::VARCHAR AS role,
                nullif(ltrim(regexp_replace(coalesce(gtin, ''), '[^0-9]', '', 'g'), '0'), '') AS gtin,
                nullif(upper(regexp_replace(coalesce(mpn, ''), '[^0-9A-Za-z]', '', 'g')), '') AS mpn,

@@ -818,50 +818,40 @@ class StateStore:
     # ---------------------------------------------------------- discrepancy history
 
     def track_discrepancies(self, run_id: str, seen: pa.Table, *, full: bool = True,
-                            at: datetime | None = None) -> pa.Table:
+                            at: datetime | None = None) -> None:
         """Update first / last seen for this run's discrepancies (`seen`: discrepancy_key, domain,
         system, action, target_key, field, severity; one row per key). A full run closes every open
         discrepancy it did not see; an incremental run sees only what changed, so it closes nothing.
         A closed discrepancy seen again opens a new episode. Re-tracking the same run is a no-op.
-        Returns the history rows this run touched."""
+        Set-based: the keys go into a temporary table and four statements do the rest (a night's
+        443k discrepancies at the large size took 9 s row by row)."""
         at = at or _now()
         h = discrepancy_history.c
-        seen_rows = {r["discrepancy_key"]: r for r in _rows(seen)}
+        cols = ("discrepancy_key", "domain", "system", "action", "target_key", "field", "severity")
+        fresh = {"first_seen_run": run_id, "first_seen_at": at, "last_seen_run": run_id,
+                 "last_seen_at": at, "runs_seen": 1, "closed_at": None}
+        seen_now = sa.Table("trueup_seen_discrepancies", sa.MetaData(),
+                            *[sa.Column(k, h[k].type, primary_key=k == "discrepancy_key") for k in cols],
+                            prefixes=["TEMPORARY"])
         with self.engine.begin() as c:
-            known = {}
-            keys = list(seen_rows)
-            for i in range(0, len(keys), 500):
-                for r in c.execute(sa.select(h.discrepancy_key, h.last_seen_run, h.closed_at)
-                                   .where(h.discrepancy_key.in_(keys[i:i + 500]))).mappings():
-                    known[r["discrepancy_key"]] = r
-            new, again, reopened = [], [], []
-            for k, r in seen_rows.items():
-                old = known.get(k)
-                if old is None:
-                    new.append(k)
-                elif old["closed_at"] is not None:
-                    reopened.append(k)
-                elif old["last_seen_run"] != run_id:
-                    again.append(k)
-            fresh = {"first_seen_run": run_id, "first_seen_at": at, "last_seen_run": run_id,
-                     "last_seen_at": at, "runs_seen": 1, "closed_at": None}
-            if new:
-                c.execute(sa.insert(discrepancy_history),
-                          [{**{f: seen_rows[k][f] for f in ("discrepancy_key", "domain", "system", "action",
-                                                             "target_key", "field", "severity")}, **fresh}
-                           for k in new])
-            for batch, values in ((again, {"last_seen_run": run_id, "last_seen_at": at,
-                                           "runs_seen": h.runs_seen + 1}),
-                                  (reopened, fresh)):
-                for i in range(0, len(batch), 500):
-                    c.execute(sa.update(discrepancy_history)
-                              .where(h.discrepancy_key.in_(batch[i:i + 500])).values(**values))
+            seen_now.create(c)
+            _insert_many(c, seen_now, {k: seen.column(k).to_pylist() for k in cols})
+            was_seen = h.discrepancy_key.in_(sa.select(seen_now.c.discrepancy_key))
+            # open and seen again (not by this very run: a re-executed report step counts once)
+            c.execute(sa.update(discrepancy_history).where(was_seen, h.closed_at.is_(None), h.last_seen_run != run_id)
+                      .values(last_seen_run=run_id, last_seen_at=at, runs_seen=h.runs_seen + 1))
+            # closed and seen again: a new episode
+            c.execute(sa.update(discrepancy_history).where(was_seen, h.closed_at.is_not(None)).values(**fresh))
+            new = sa.select(*[seen_now.c[k] for k in cols],
+                            *[sa.literal(v, h[k].type).label(k) if v is not None else sa.null().label(k)
+                              for k, v in fresh.items()]
+                            ).where(~sa.exists().where(h.discrepancy_key == seen_now.c.discrepancy_key))
+            c.execute(sa.insert(discrepancy_history).from_select([*cols, *fresh], new))
             if full:
                 # open, not seen by this run: corrected (or corrected elsewhere) since
                 c.execute(sa.update(discrepancy_history)
                           .where(h.closed_at.is_(None), h.last_seen_run != run_id).values(closed_at=at))
-        return self._arrow(sa.select(discrepancy_history).where(h.last_seen_run == run_id)
-                           .order_by(h.discrepancy_key))
+            seen_now.drop(c)
 
     def discrepancy_history(self, open_only: bool = False) -> pa.Table:
         stmt = sa.select(discrepancy_history)

@@ -28,8 +28,8 @@ def _outcomes(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(out, schema=WRITEBACK_SCHEMA)
 
 
-def test_discrepancy_key_ignores_the_new_value_and_history_tracks_first_last_seen_and_close(tmp_path):
-    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+def test_discrepancy_key_ignores_the_new_value_and_history_tracks_first_last_seen_and_close(db_url):
+    store = StateStore(db_url)  # the state store on SQLite, PostgreSQL and MariaDB
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     city = {"target_key": "C1", "field": "city"}
     phone = {"target_key": "C2", "field": "phone"}

@@ -134,3 +134,25 @@ def test_a_freshness_sla_for_an_unknown_system_is_rejected(tmp_path):
     f.write_text(f.read_text().replace("wms: {max_age_hours: 26}", "wsm: {max_age_hours: 26}"))
     with pytest.raises(ConfigError, match="freshness: unknown system.*wsm"):
         Config.load(tmp_path / "config")
+
+
+def test_match_rate_counts_records_in_clusters_across_systems_and_lists_the_ones_not_matched():
+    matched = {"customer": pa.table({
+        "source_system": ["erp", "crm", "wms", "erp", "crm", "crm", "erp"],
+        "source_key": ["1", "A", "W1", "2", "B", "C", "3"],
+        # G1 spans three systems, G2 only the ERP (twice over), C has no cluster, 3 is held
+        "golden_id": ["G1", "G1", "G1", "G2", None, None, "G2"],
+        "held": [False, False, False, False, False, False, True]})}
+    facts = insights.RunFacts(run_id="r1", at=datetime.now(timezone.utc), dry_run=False, outcomes=_outcomes([]),
+                              matched=matched, golden={}, quarantined=None, extracts=None, history=None,
+                              previous_runs=None)
+    figures, headline, _ = insights.build(facts)
+    fig = figures["match_rate"]
+    assert fig.data.to_pylist() == [{"domain": "customer", "records": 7, "matched": 3, "held": 1,
+                                     "match_rate": round(3 / 7, 4)}]
+    assert headline["match_rate"] == round(3 / 7, 4)
+    assert [(r["source_key"], r["systems_in_cluster"], r["held"]) for r in fig.rows.to_pylist()] == [
+        ("B", 0, False), ("C", 0, False), ("2", 1, False), ("3", 1, True)]
+    assert not any(fig.rows.column("matched").to_pylist())
+    agree = {r["system"]: r["records"] for r in figures["agreement"].data.to_pylist()}
+    assert agree == {"crm": 3, "erp": 2, "wms": 1}  # the held record is not counted

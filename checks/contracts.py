@@ -126,7 +126,7 @@ def expectations(system: str, entity: str, config: Config, reference: dict[str, 
             if has("postal_code"):
                 for c, rx in POSTAL.items():
                     out.append(Expectation("postal_code_format", "postal_code", gxe.ExpectColumnValuesToMatchRegex(
-                        column="postal_code", regex=rx, row_condition=f'country=="{c}"', condition_parser="pandas")))
+                        column=postal_code_in(c), regex=rx)))
         if has("currency"):
             out.append(Expectation("currency_iso", "currency", gxe.ExpectColumnValuesToBeInSet(column="currency", value_set=currencies)))
         non_negative("credit_limit")
@@ -138,10 +138,9 @@ def expectations(system: str, entity: str, config: Config, reference: dict[str, 
                 # membership in a large key set is computed columnar (see _membership): GX copies
                 # a value_set of 200,000 keys at every configuration access
                 out.append(Expectation("ship_to_has_sold_to", "parent_key", gxe.ExpectColumnValuesToBeInSet(
-                    column=PARENT_IS_SOLD_TO, value_set=[True],
-                    row_condition='role=="ship_to"', condition_parser="pandas")))
-                out.append(Expectation("ship_to_has_sold_to", "parent_key", gxe.ExpectColumnValuesToNotBeNull(
-                    column="parent_key", row_condition='role=="ship_to"', condition_parser="pandas")))
+                    column=PARENT_IS_SOLD_TO, value_set=[True])))
+                out.append(Expectation("ship_to_has_sold_to", "parent_key", gxe.ExpectColumnValuesToBeInSet(
+                    column=SHIP_TO_HAS_PARENT, value_set=[True])))
     elif entity == "product":
         if has("gtin"):
             out.append(Expectation("gtin_format", "gtin", gxe.ExpectColumnValuesToMatchRegex(column="gtin", regex=r"^(?:[0-9]{8}|[0-9]{12,14})$")))
@@ -166,8 +165,14 @@ def expectations(system: str, entity: str, config: Config, reference: dict[str, 
     return out
 
 
-PARENT_IS_SOLD_TO = "__parent_key_is_sold_to"
+PARENT_IS_SOLD_TO = "__parent_key_is_sold_to"  # a ship-to's parent is a sold-to of its system
+SHIP_TO_HAS_PARENT = "__ship_to_has_parent"
 SKU_IN_ITEM_MASTER = "__sku_in_item_master"
+
+
+def postal_code_in(country: str) -> str:
+    """The column holding the postal codes of one country's records (null for the others)."""
+    return f"__postal_code_{country}"
 
 
 def _membership(staged: pa.Table, system: str, reference: dict[str, list[str]] | None) -> dict[str, pa.Array]:
@@ -183,6 +188,29 @@ def _membership(staged: pa.Table, system: str, reference: dict[str, list[str]] |
             values = staged.column(field)
             known = pc.is_in(values, value_set=pa.array(ref or [], pa.string()))
             out[col] = pc.if_else(pc.is_null(values), pa.scalar(None, pa.bool_()), known)
+    return out
+
+
+def _conditioned(staged: pa.Table, membership: dict[str, pa.Array]) -> dict[str, pa.Array]:
+    """The clauses that hold for some rows only (a postal code by country, a ship-to's parent)
+    as columns of their own, null where the clause does not apply, so GX skips those rows as it
+    skips nulls. As row conditions, GX filtered the whole frame once per clause: eight copies of
+    a million customers per system."""
+    import pyarrow.compute as pc
+
+    out = {}
+    cols = staged.column_names
+    if "country" in cols and "postal_code" in cols:
+        for c in POSTAL:
+            out[postal_code_in(c)] = pc.if_else(pc.equal(staged.column("country"), c), staged.column("postal_code"),
+                                                pa.scalar(None, pa.string()))
+    if "role" in cols:
+        ship_to = pc.fill_null(pc.equal(staged.column("role"), "ship_to"), False)
+        none = pa.scalar(None, pa.bool_())
+        if "parent_key" in cols:
+            out[SHIP_TO_HAS_PARENT] = pc.if_else(ship_to, pc.is_valid(staged.column("parent_key")), none)
+        if PARENT_IS_SOLD_TO in membership:
+            out[PARENT_IS_SOLD_TO] = pc.if_else(ship_to, membership[PARENT_IS_SOLD_TO], none)
     return out
 
 
@@ -258,6 +286,7 @@ def validate(system: str, entity: str, staged: pa.Table, config: Config, severit
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     extra = _membership(staged, system, reference)
+    extra.update(_conditioned(staged, extra))
     available = staged.column_names + list(extra)
     context = gx.get_context(mode="ephemeral")  # never a file-backed gx/ folder
     context.variables.progress_bars = ProgressBarsConfig(globally=False)

@@ -57,3 +57,35 @@ def test_a_listing_read_page_by_page_keeps_every_record_and_column(config):
     mapped = {f.column for f in config.systems.entity("crm", "customer").fields.values()}
     assert "country" in mapped and "phone" in mapped
     assert "phone" not in got.column_names  # no record had it: missing, not an empty column
+
+
+def test_a_page_is_read_as_the_api_wrote_it_timestamps_as_text_and_a_broken_page_names_its_listing(config):
+    """Arrow's JSON reader would make ISO strings timestamps (and lose their offsets): they stay
+    the text the API sent, on the first page and after; numbers stay numbers; a page printed over
+    several lines reads the same; a page that is not the listing's JSON is an error that names it."""
+    import json
+
+    import httpx
+    import pytest
+
+    first = {"data": [{"id": "P1", "list_price": 12.5, "valid_from": "2026-01-01",
+                       "updated_at": "2026-11-27T09:00:00+02:00"}], "next_cursor": "p2"}
+    second = {"data": [{"id": "P2", "list_price": 3, "valid_from": "2026-02-01",
+                        "updated_at": "2026-11-27T10:30:00Z"}], "next_cursor": None}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        page = first if request.url.params.get("cursor") is None else second
+        return httpx.Response(200, content=json.dumps(page, indent=2))  # newlines inside the object
+
+    crm = RestSystem("crm", "http://crm.test", config.systems.systems["crm"], transport=httpx.MockTransport(handler))
+    got = crm.extract("price")
+    crm.close()
+    assert got.column("updated_at").to_pylist() == ["2026-11-27T09:00:00+02:00", "2026-11-27T10:30:00Z"]
+    assert got.column("valid_from").to_pylist() == ["2026-01-01", "2026-02-01"]
+    assert got.column("list_price").to_pylist() == [12.5, 3.0]
+
+    broken = RestSystem("crm", "http://crm.test", config.systems.systems["crm"],
+                        transport=httpx.MockTransport(lambda r: httpx.Response(200, content=b"<html>maintenance</html>")))
+    with pytest.raises(ValueError, match=r"crm\.customer: the listing's page is not the JSON expected"):
+        broken.extract("customer")
+    broken.close()

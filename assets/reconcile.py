@@ -62,7 +62,7 @@ def domain_assets(domain: str, systems: list[str], config) -> list[dg.AssetsDefi
         severities = Severities(trueup.contracts_path)
         issues, checks = [result.issues], []
         for s in systems:
-            rows = result.table.filter(pc.equal(result.table.column("source_system"), s))
+            rows = result.rows_of(s)
             contract = validate(s, domain, rows, trueup.config, severities, reference)
             found = contract.issues(rows)
             issues.append(found)

@@ -202,7 +202,7 @@ def run_trueup(size: str, crm_rest_limit: int) -> dict:
                 reference = _reference(domain, staged.table, item_master, config)
                 issues = [staged.issues]
                 for system in config.systems.systems_with(domain):
-                    rows = staged.table.filter(pc.equal(staged.table.column("source_system"), system))
+                    rows = staged.rows_of(system)
                     issues.append(contracts.validate(system, domain, rows, config, severities, reference)
                                   .issues(rows))
                 all_issues = pa.concat_tables(issues)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from trueup.config import EntityMap
 from trueup.duck import connect, fetch, q
@@ -236,12 +237,11 @@ def to_canonical(
         + " UNION ALL ".join(parts) + ")",
         [system, entity],
     )
-    staged = fetch(
-        con,
-        ("SELECT * EXCLUDE (" + ", ".join(q('__bad_' + f) for f in bad) + ") " if bad else "SELECT * ")
-        + "FROM mapped WHERE source_key IS NOT NULL",
-    )
     con.close()
+    # in Arrow, not another query: a copy of every row only where some key is missing
+    staged = table.drop_columns(["__bad_" + f for f in bad])
+    if staged.column("source_key").null_count:
+        staged = staged.filter(pc.is_valid(staged.column("source_key")))
     return Mapped(staged=staged.cast(domain.schema), issues=issues.cast(ISSUE_SCHEMA))
 
 

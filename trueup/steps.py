@@ -4,7 +4,7 @@ orchestrator in sight (so the whole flow runs and tests without Dagster)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -31,6 +31,16 @@ class Staged:
     table: pa.Table
     issues: pa.Table
     tombstones: pa.Table | None = None  # records their system says are deleted (canonical rows)
+    row_counts: dict[str, int] = field(default_factory=dict)  # rows per system, in `table`'s order
+
+    def rows_of(self, system: str) -> pa.Table:
+        """One system's rows: a zero-copy slice (each system's rows are contiguous in `table`)."""
+        start = 0
+        for s, n in self.row_counts.items():
+            if s == system:
+                return self.table.slice(start, n)
+            start += n
+        return self.table.slice(0, 0)
 
 
 DELETED = "deleted"  # the column a system flags deleted records with (kept as tombstones)
@@ -54,6 +64,7 @@ def stage(domain: str, raw: dict[str, pa.Table], config: Config,
     reason: their rows are not staged and the whole domain is held (an issue for key `<all>`)."""
     extracted_at = extracted_at or datetime.now(timezone.utc)
     tables, issues, tombs = [], [], []
+    row_counts: dict[str, int] = {}
     for system, reason in (unreadable or {}).items():
         issues.append(pa.Table.from_pylist([{
             "source_system": system, "entity": domain, "source_key": "<all>", "match_key": None,
@@ -65,6 +76,7 @@ def stage(domain: str, raw: dict[str, pa.Table], config: Config,
         live, deleted = split_deleted(table)
         mapped = to_canonical(live, system=system, entity=domain, mapping=mapping, extracted_at=extracted_at)
         tables.append(mapped.staged)
+        row_counts[system] = mapped.staged.num_rows
         issues.append(mapped.issues)
         if deleted is not None and deleted.num_rows:
             # a deleted record is not reconciled as if alive; it travels as a tombstone
@@ -73,7 +85,7 @@ def stage(domain: str, raw: dict[str, pa.Table], config: Config,
     schema = DOMAINS[domain].schema
     staged = pa.concat_tables(tables) if tables else schema.empty_table()
     return Staged(staged, pa.concat_tables(issues) if issues else ISSUE_SCHEMA.empty_table(),
-                  pa.concat_tables(tombs) if tombs else schema.empty_table())
+                  pa.concat_tables(tombs) if tombs else schema.empty_table(), row_counts)
 
 
 def _outcome(change_ids, status: str, error, attempts: int) -> pa.Table:

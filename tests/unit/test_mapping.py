@@ -88,3 +88,17 @@ def test_missing_mapped_column_is_schema_drift(config):
     with pytest.raises(SchemaDriftError) as err:
         to_canonical(t, system="crm", entity="customer", mapping=config.systems.entity("crm", "customer"))
     assert err.value.system == "crm" and err.value.entity == "customer" and err.value.missing == ["email"]
+
+
+def test_a_staged_domain_gives_each_systems_rows_back_without_filtering(config):
+    from trueup import steps
+
+    wms = pa.table({"ship_to_code": ["S1", None, "S3"], "name": ["Acme Dallas", "x", "Acme Austin"],
+                    "address1": ["2 Elm St", "", "9 Oak"], "address2": [None, None, None],
+                    "city": ["Dallas", "", "Austin"], "state": ["TX", "", "TX"], "postal": ["75201", "", "73301"],
+                    "country": ["US", "US", "US"], "updated_at": ["2026-01-01T00:00:00Z"] * 3})
+    staged = steps.stage("customer", {"crm": _crm_accounts(), "wms": wms}, config)
+    assert sorted(staged.rows_of("crm").column("source_key").to_pylist()) == ["A1", "A2"]
+    assert sorted(staged.rows_of("wms").column("source_key").to_pylist()) == ["S1", "S3"]  # the keyless row: an issue
+    assert staged.rows_of("erp").num_rows == 0
+    assert set(staged.rows_of("wms").column("source_system").to_pylist()) == {"wms"}

@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 from datetime import date
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from trueup.config import Config, FieldRule
 from trueup.duck import connect, fetch, q, query
@@ -66,7 +68,11 @@ def match(
     """
     d = DOMAINS[domain]
     con = connect()
-    con.register("staged", staged)
+    # the clustering needs the keys only: the other columns stay in Arrow and the ids are joined
+    # back by position (carried through DuckDB's hash joins they were most of match's memory)
+    key_cols = ["source_system", "source_key", "match_key"] + (["parent_key"] if "parent_key" in d.field_names else [])
+    con.register("staged", staged.select(key_cols).append_column(
+        "_pos", pa.array(np.arange(staged.num_rows), pa.int64())))
     con.register("crosswalk", crosswalk if crosswalk is not None else CROSSWALK_SCHEMA.empty_table())
     con.register("issues", issues if issues is not None else pa.table(
         {"source_system": pa.array([], pa.string()), "source_key": pa.array([], pa.string()),
@@ -116,12 +122,24 @@ def match(
             UNION SELECT golden_id FROM c WHERE EXISTS
               (SELECT 1 FROM issues WHERE severity = 'error' AND source_key = '<all>'))
         {parent_sql}
-        SELECT c.* EXCLUDE (apart), {"p.parent_golden_id" if parent_sql else "NULL::VARCHAR AS parent_golden_id"},
+        SELECT c._pos, c.golden_id,
+               {"p.parent_golden_id" if parent_sql else "NULL::VARCHAR AS parent_golden_id"},
                c.apart OR c.golden_id IN (SELECT golden_id FROM bad) AS held
         FROM c {"LEFT JOIN p USING (source_system, source_key)" if parent_sql else ""}
+        ORDER BY c._pos
     """
-    matched = fetch(con, sql, [domain])
-    con.register("matched", matched)
+    ids = fetch(con, sql, [domain])
+    pos = ids.column("_pos")
+    # every staged row once, in order (the usual case): no copy; else (a key staged twice
+    # joins twice) the rows as the joins gave them
+    whole = ids.num_rows == staged.num_rows and (not ids.num_rows or pc.all(pc.equal(
+        pos, pa.array(np.arange(staged.num_rows), pa.int64()))).as_py())
+    matched = staged if whole else staged.take(pos)
+    for name in ("golden_id", "parent_golden_id", "held"):
+        matched = matched.append_column(name, ids.column(name))
+    # every column nullable, as a table out of DuckDB has them (downstream concatenates with those)
+    matched = matched.cast(pa.schema([f.with_nullable(True) for f in matched.schema]))
+    con.register("matched", matched.select(["source_system", "source_key", "golden_id"]))
     new_cw = fetch(
         con,
         """SELECT $1 AS domain, source_system, source_key, golden_id FROM matched

@@ -68,13 +68,14 @@ def test_a_page_is_read_as_the_api_wrote_it_timestamps_as_text_and_a_broken_page
     import httpx
     import pytest
 
+    # a cursor that looks like a timestamp goes back to the API as it came
     first = {"data": [{"id": "P1", "list_price": 12.5, "valid_from": "2026-01-01",
-                       "updated_at": "2026-11-27T09:00:00+02:00"}], "next_cursor": "p2"}
+                       "updated_at": "2026-11-27T09:00:00+02:00"}], "next_cursor": "2026-11-27T09:00:00Z"}
     second = {"data": [{"id": "P2", "list_price": 3, "valid_from": "2026-02-01",
                         "updated_at": "2026-11-27T10:30:00Z"}], "next_cursor": None}
 
     def handler(request: httpx.Request) -> httpx.Response:
-        page = first if request.url.params.get("cursor") is None else second
+        page = {None: first, "2026-11-27T09:00:00Z": second}[request.url.params.get("cursor")]
         return httpx.Response(200, content=json.dumps(page, indent=2))  # newlines inside the object
 
     crm = RestSystem("crm", "http://crm.test", config.systems.systems["crm"], transport=httpx.MockTransport(handler))
@@ -84,8 +85,16 @@ def test_a_page_is_read_as_the_api_wrote_it_timestamps_as_text_and_a_broken_page
     assert got.column("valid_from").to_pylist() == ["2026-01-01", "2026-02-01"]
     assert got.column("list_price").to_pylist() == [12.5, 3.0]
 
-    broken = RestSystem("crm", "http://crm.test", config.systems.systems["crm"],
-                        transport=httpx.MockTransport(lambda r: httpx.Response(200, content=b"<html>maintenance</html>")))
-    with pytest.raises(ValueError, match=r"crm\.customer: the listing's page is not the JSON expected"):
-        broken.extract("customer")
-    broken.close()
+    def reading(body: bytes) -> RestSystem:
+        return RestSystem("crm", "http://crm.test", config.systems.systems["crm"],
+                          transport=httpx.MockTransport(lambda r: httpx.Response(200, content=body)))
+
+    empty = reading(b'{"data": null, "next_cursor": null}')
+    assert empty.extract("customer").num_rows == 0  # no records, as before
+    empty.close()
+    for body, says in ((b"<html>maintenance</html>", "page is not the JSON expected"),
+                       (b'{"data": [1, 2], "next_cursor": null}', "'data' holds values that are not records")):
+        broken = reading(body)
+        with pytest.raises(ValueError, match=rf"crm\.customer: the listing's {says}"):
+            broken.extract("customer")
+        broken.close()

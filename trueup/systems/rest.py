@@ -137,29 +137,41 @@ class RestSystem:
         thread that asks for the next page). Types are those from_pylist gives (JSON strings stay
         strings: a field Arrow would read as a timestamp is read again as text), and every field
         any record has is a column. `text` (grown here): the fields read as text so far."""
-        for _ in range(2):
-            schema = (pa.schema([("data", pa.list_(pa.struct([(n, pa.string()) for n in sorted(text)])))])
-                      if text else None)
+        cursor_as_text = True  # as sent, even when it looks like a timestamp (a number stays a number)
+        for _ in range(3):
+            declared = ([("data", pa.list_(pa.struct([(n, pa.string()) for n in sorted(text)])))] if text else []
+                        ) + ([("next_cursor", pa.string())] if cursor_as_text else [])
             try:
                 parsed = pa_json.read_json(
                     io.BytesIO(body), read_options=pa_json.ReadOptions(block_size=max(1 << 20, 2 * len(body))),
-                    parse_options=pa_json.ParseOptions(explicit_schema=schema, newlines_in_values=True,
-                                                       unexpected_field_behavior="infer"))
+                    parse_options=pa_json.ParseOptions(explicit_schema=pa.schema(declared) if declared else None,
+                                                       newlines_in_values=True, unexpected_field_behavior="infer"))
             except pa.ArrowInvalid as exc:
+                if cursor_as_text and "next_cursor" in str(exc):
+                    cursor_as_text = False
+                    continue
                 raise ValueError(f"{self.name}.{entity}: the listing's page is not the JSON expected: {exc}") from exc
             if "data" not in parsed.column_names or parsed.num_rows != 1:
                 raise ValueError(f"{self.name}.{entity}: the listing's page has no 'data' list")
             data = parsed.column("data").combine_chunks()
             fields = data.type.value_type if pa.types.is_list(data.type) else None
             as_time = ({f.name for f in fields if pa.types.is_timestamp(f.type)}
-                       if pa.types.is_struct(fields) else set())
+                       if fields is not None and pa.types.is_struct(fields) else set())
             if not as_time - text:
                 break
             text |= as_time
         cursor = parsed.column("next_cursor")[0].as_py() if "next_cursor" in parsed.column_names else None
-        if not pa.types.is_struct(fields) or not len(data.values):
+        cursor = None if cursor is None else str(cursor)
+        if data.null_count == len(data):  # "data": null: no records
             return self._to_arrow(entity, []), cursor
-        table = pa.Table.from_struct_array(data.flatten())
+        if fields is None:
+            raise ValueError(f"{self.name}.{entity}: the listing's 'data' is not a list of records")
+        records = data.flatten()
+        if not len(records):
+            return self._to_arrow(entity, []), cursor
+        if not pa.types.is_struct(fields) or records.null_count:
+            raise ValueError(f"{self.name}.{entity}: the listing's 'data' holds values that are not records")
+        table = pa.Table.from_struct_array(records)
         wanted = {*self._columns(entity), "deleted"}
         return table.select([c for c in table.column_names if c in wanted]), cursor
 

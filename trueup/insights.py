@@ -237,11 +237,18 @@ def build(facts: RunFacts) -> tuple[dict[str, Figure], dict, pa.Table]:
         "system. Records held in quarantine are not matched. The rows file lists the records not matched.",
         """SELECT domain, records, matched, held, round(matched / records, 4) AS match_rate
            FROM match_counts ORDER BY domain""",
-        """SELECT m.domain, m.source_system, m.source_key, m.golden_id, coalesce(m.held, FALSE) AS held,
-                  CASE WHEN c.golden_id IS NULL THEN 0 ELSE 1 END AS systems_in_cluster, FALSE AS matched
-           FROM m LEFT JOIN (SELECT domain, golden_id FROM clusters WHERE NOT across) c USING (domain, golden_id)
-           WHERE coalesce(m.held, FALSE) OR m.golden_id IS NULL OR c.golden_id IS NOT NULL
-           ORDER BY m.domain, m.source_system, m.source_key""")
+        """WITH listed AS (
+               SELECT domain, source_system, source_key, golden_id, coalesce(held, FALSE) AS held FROM m
+               WHERE coalesce(held, FALSE) OR golden_id IS NULL
+                  OR (domain, golden_id) IN (SELECT (domain, golden_id) FROM clusters WHERE NOT across)),
+           -- the systems of the few clusters listed (a held record's cluster may span several)
+           systems AS (
+               SELECT domain, golden_id, count(DISTINCT source_system) AS systems_in_cluster FROM m
+               WHERE NOT coalesce(held, FALSE) AND (domain, golden_id) IN (SELECT (domain, golden_id) FROM listed)
+               GROUP BY ALL)
+           SELECT l.*, coalesce(s.systems_in_cluster, 0) AS systems_in_cluster, FALSE AS matched
+           FROM listed l LEFT JOIN systems s USING (domain, golden_id)
+           ORDER BY l.domain, l.source_system, l.source_key""")
 
     # -- agreement per domain and system: records that equal the golden record
     con.execute("""CREATE TEMP TABLE agree AS

@@ -236,6 +236,13 @@ def _still_open():
     return sa.or_(ledger.c.status == "attempting", ledger.c.at >= _now() - LATE_LANDING)
 
 
+def _drop_temporary(c: sa.Connection, name: str) -> None:
+    """Drop a temporary table of this connection if it is there (`name`: a constant of trueup's).
+    MariaDB / MySQL need TEMPORARY, or the DROP commits the transaction."""
+    temporary = "TEMPORARY " if c.dialect.name in ("mysql", "mariadb") else ""
+    c.exec_driver_sql(f"DROP {temporary}TABLE IF EXISTS {name}")
+
+
 def _rows(table: pa.Table) -> list[dict]:
     return table.to_pylist()
 
@@ -834,6 +841,9 @@ class StateStore:
                             *[sa.Column(k, h[k].type, primary_key=k == "discrepancy_key") for k in cols],
                             prefixes=["TEMPORARY"])
         with self.engine.begin() as c:
+            # one left on this pooled connection by a call that failed (SQLite and MariaDB do not
+            # roll a temporary table's creation back)
+            _drop_temporary(c, seen_now.name)
             seen_now.create(c)
             _insert_many(c, seen_now, {k: seen.column(k).to_pylist() for k in cols})
             was_seen = h.discrepancy_key.in_(sa.select(seen_now.c.discrepancy_key))
@@ -851,7 +861,7 @@ class StateStore:
                 # open, not seen by this run: corrected (or corrected elsewhere) since
                 c.execute(sa.update(discrepancy_history)
                           .where(h.closed_at.is_(None), h.last_seen_run != run_id).values(closed_at=at))
-            seen_now.drop(c)
+            _drop_temporary(c, seen_now.name)
 
     def discrepancy_history(self, open_only: bool = False) -> pa.Table:
         stmt = sa.select(discrepancy_history)

@@ -6,6 +6,7 @@ import hashlib
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
+import pytest
 
 from trueup import insights
 from trueup.freshness import judge
@@ -138,21 +139,42 @@ def test_a_freshness_sla_for_an_unknown_system_is_rejected(tmp_path):
 
 def test_match_rate_counts_records_in_clusters_across_systems_and_lists_the_ones_not_matched():
     matched = {"customer": pa.table({
-        "source_system": ["erp", "crm", "wms", "erp", "crm", "crm", "erp"],
-        "source_key": ["1", "A", "W1", "2", "B", "C", "3"],
-        # G1 spans three systems, G2 only the ERP (twice over), C has no cluster, 3 is held
-        "golden_id": ["G1", "G1", "G1", "G2", None, None, "G2"],
-        "held": [False, False, False, False, False, False, True]})}
+        "source_system": ["erp", "crm", "wms", "erp", "crm", "crm", "erp", "crm"],
+        "source_key": ["1", "A", "W1", "2", "B", "C", "3", "D"],
+        # G1 spans three systems, G2 only the ERP (twice over), B and C have no cluster, 3 and D are held
+        "golden_id": ["G1", "G1", "G1", "G2", None, None, "G2", "G1"],
+        "held": [False, False, False, False, False, False, True, True]})}
     facts = insights.RunFacts(run_id="r1", at=datetime.now(timezone.utc), dry_run=False, outcomes=_outcomes([]),
                               matched=matched, golden={}, quarantined=None, extracts=None, history=None,
                               previous_runs=None)
     figures, headline, _ = insights.build(facts)
     fig = figures["match_rate"]
-    assert fig.data.to_pylist() == [{"domain": "customer", "records": 7, "matched": 3, "held": 1,
-                                     "match_rate": round(3 / 7, 4)}]
-    assert headline["match_rate"] == round(3 / 7, 4)
+    assert fig.data.to_pylist() == [{"domain": "customer", "records": 8, "matched": 3, "held": 2,
+                                     "match_rate": round(3 / 8, 4)}]
+    assert headline["match_rate"] == round(3 / 8, 4)
+    # held D is not matched, though its cluster spans the three systems
     assert [(r["source_key"], r["systems_in_cluster"], r["held"]) for r in fig.rows.to_pylist()] == [
-        ("B", 0, False), ("C", 0, False), ("2", 1, False), ("3", 1, True)]
+        ("B", 0, False), ("C", 0, False), ("D", 3, True), ("2", 1, False), ("3", 1, True)]
     assert not any(fig.rows.column("matched").to_pylist())
     agree = {r["system"]: r["records"] for r in figures["agreement"].data.to_pylist()}
     assert agree == {"crm": 3, "erp": 2, "wms": 1}  # the held record is not counted
+
+
+def test_a_failed_tracking_leaves_nothing_behind_for_the_next_one(db_url, monkeypatch):
+    from trueup import state as state_mod
+
+    store = StateStore(db_url)
+    keys = insights.discrepancy_keys(_outcomes([{"target_key": "C1", "field": "city", "new_value": "Austin"}]))
+    real = state_mod._insert_many
+
+    def broken(c, table, columns):
+        if table.name == "trueup_seen_discrepancies":
+            raise RuntimeError("connection lost")
+        return real(c, table, columns)
+
+    monkeypatch.setattr(state_mod, "_insert_many", broken)
+    with pytest.raises(RuntimeError):
+        store.track_discrepancies("r1", keys)
+    monkeypatch.setattr(state_mod, "_insert_many", real)
+    store.track_discrepancies("r1", keys)  # the same pooled connection: its temporary table is gone
+    assert store.discrepancy_history().column("runs_seen").to_pylist() == [1]

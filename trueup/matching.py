@@ -672,6 +672,6 @@ def match_domain(domain: str, staged: pa.Table, config, *, previous: pa.Table | 
         if _parent_newly_linked(staged, linked, was):
             again = resolve(domain, staged, anchor, xref_system=xref, previous=res.links, decisions=decisions,
                             thresholds=thresholds, normalised=norm, scored_before=res.scored)
-            res = Resolution(again.links, again.exceptions, res.comparisons + again.comparisons,
-                             res.reused, again.scored)
+            res = Resolution(again.links, again.exceptions, res.comparisons + again.comparisons, res.reused)
+    res.scored = None  # for a second pass only: not kept alive by the caller
     return res

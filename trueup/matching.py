@@ -108,7 +108,6 @@ class Resolution:
     reused: int  # probes whose earlier decision was reused without scoring
     scored: pa.Table | None = None  # every scored pair, for a second pass over the same records
 
-
     def link_keys(self) -> pa.Table:
         """(source_system, source_key, link_key) for the links that drive clustering."""
         ok = self.links.filter(pc.is_in(self.links.column("status"), pa.array(["accepted", "confirmed"])))

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 from rapidfuzz import fuzz
 from rapidfuzz.process import cpdist
 
-from trueup.duck import connect, fetch
+from trueup.duck import connect, fetch, query
 
 LINK_SCHEMA = pa.schema([
     pa.field("domain", pa.string()),
@@ -106,7 +106,7 @@ class Resolution:
     exceptions: pa.Table  # EXCEPTION_SCHEMA
     comparisons: int  # candidate pairs scored this run
     reused: int  # probes whose earlier decision was reused without scoring
-    scored: pa.Table | None = None  # every scored pair, for a second pass over the same records
+    scored: pa.Table | None = None  # every scored pair (resolve(keep_scored=True)), for a second pass
 
     def link_keys(self) -> pa.Table:
         """(source_system, source_key, link_key) for the links that drive clustering."""
@@ -445,7 +445,8 @@ def _fingerprint_sql(domain: str) -> str:
 def resolve(domain: str, staged: pa.Table, anchor_system: str, *, xref_system: str | None = None,
             previous: pa.Table | None = None, decisions: pa.Table | None = None,
             thresholds: Thresholds | None = None, now: datetime | None = None,
-            normalised: pa.Table | None = None, scored_before: pa.Table | None = None) -> Resolution:
+            normalised: pa.Table | None = None, scored_before: pa.Table | None = None,
+            keep_scored: bool = False) -> Resolution:
     """Match the records of `staged` that lack a usable key to the anchor system's records.
 
     Probes: records of other systems whose match key is missing or names no anchor record, and
@@ -455,6 +456,7 @@ def resolve(domain: str, staged: pa.Table, anchor_system: str, *, xref_system: s
     `scored_before`: an earlier pass's `Resolution.scored` over the same records, anchors and
     decisions: a probe whose fingerprint it already holds keeps those scores instead of being
     scored again (its candidates and scores depend only on its own fields and the anchors).
+    `keep_scored`: return the scored pairs too (`Resolution.scored`), for such a second pass.
     """
     th = thresholds or Thresholds()
     now = now or datetime.now(timezone.utc)
@@ -558,7 +560,8 @@ def resolve(domain: str, staged: pa.Table, anchor_system: str, *, xref_system: s
         [domain])
     con.register("links1", links)
     exceptions = _key_checks(con, domain, th)
-    scored_out = fetch(con, f"SELECT {', '.join(_SCORED_SCHEMA.names)} FROM s").cast(_SCORED_SCHEMA)
+    scored_out = (fetch(con, f"SELECT {', '.join(_SCORED_SCHEMA.names)} FROM s").cast(_SCORED_SCHEMA)
+                  if keep_scored else None)
     out = fetch(con, f"""
         SELECT {", ".join(LINK_SCHEMA.names)} FROM links1 WHERE NOT keyed
         UNION ALL SELECT {", ".join(LINK_SCHEMA.names)} FROM reused""").cast(LINK_SCHEMA)
@@ -641,15 +644,12 @@ def anchor_system(domain: str, config) -> tuple[str, str | None]:
 
 def _parent_newly_linked(staged: pa.Table, linked: pa.Table, was: pa.Table) -> bool:
     """Whether any record's parent was linked by this run (not already by the previous one)."""
-    con = connect()
-    con.register("child", staged.select(["source_system", "parent_key"]))
-    con.register("linked", linked)
-    con.register("was", was.select(["source_system", "source_key"]))
-    found = con.execute("""SELECT EXISTS (
+    found = query("""SELECT EXISTS (
         SELECT 1 FROM child c JOIN linked l ON l.source_system = c.source_system AND l.source_key = c.parent_key
-        ANTI JOIN was w ON w.source_system = l.source_system AND w.source_key = l.source_key)""").fetchone()[0]
-    con.close()
-    return bool(found)
+        ANTI JOIN was w ON w.source_system = l.source_system AND w.source_key = l.source_key) AS found""",
+                  child=staged.select(["source_system", "parent_key"]), linked=linked,
+                  was=was.select(["source_system", "source_key"]))
+    return bool(found.column("found")[0].as_py())
 
 
 def match_domain(domain: str, staged: pa.Table, config, *, previous: pa.Table | None = None,
@@ -660,17 +660,18 @@ def match_domain(domain: str, staged: pa.Table, config, *, previous: pa.Table | 
     anchor, xref = anchor_system(domain, config)
     # normalised once for both passes: it is a third of a pass at the large size (3.4M customers)
     norm = _normalise(domain, staged)
+    hierarchy = domain == "customer" and "parent_key" in staged.column_names
     res = resolve(domain, staged, anchor, xref_system=xref, previous=previous, decisions=decisions,
-                  thresholds=thresholds, normalised=norm)
+                  thresholds=thresholds, normalised=norm, keep_scored=hierarchy)
     # a parent linked just now: its children are matched again within it (only they are rescored:
     # their parent changed, so their fingerprint did)
     linked = res.link_keys()
-    if domain == "customer" and linked.num_rows and "parent_key" in staged.column_names:
+    if hierarchy and linked.num_rows:
         was = (previous.filter(pc.is_in(previous.column("status"), pa.array(["accepted", "confirmed"])))
                if previous is not None else LINK_SCHEMA.empty_table())
         if _parent_newly_linked(staged, linked, was):
             again = resolve(domain, staged, anchor, xref_system=xref, previous=res.links, decisions=decisions,
                             thresholds=thresholds, normalised=norm, scored_before=res.scored)
             res = Resolution(again.links, again.exceptions, res.comparisons + again.comparisons, res.reused)
-    res.scored = None  # for a second pass only: not kept alive by the caller
+    res.scored = None  # the second pass's only: not kept alive by the caller
     return res

@@ -237,8 +237,8 @@ def _still_open():
 
 
 def _drop_temporary(c: sa.Connection, name: str) -> None:
-    """Drop a temporary table of this connection if it is there (`name`: a constant of trueup's).
-    MariaDB / MySQL need TEMPORARY, or the DROP commits the transaction."""
+    """Drop a temporary table of this connection (`name`: a constant of trueup's). MariaDB / MySQL
+    need TEMPORARY, or the DROP commits the transaction."""
     temporary = "TEMPORARY " if c.dialect.name in ("mysql", "mariadb") else ""
     c.exec_driver_sql(f"DROP {temporary}TABLE IF EXISTS {name}")
 
@@ -841,9 +841,6 @@ class StateStore:
                             *[sa.Column(k, h[k].type, primary_key=k == "discrepancy_key") for k in cols],
                             prefixes=["TEMPORARY"])
         with self.engine.begin() as c:
-            # one left on this pooled connection by a call that failed (SQLite and MariaDB do not
-            # roll a temporary table's creation back)
-            _drop_temporary(c, seen_now.name)
             seen_now.create(c)
             _insert_many(c, seen_now, {k: seen.column(k).to_pylist() for k in cols})
             was_seen = h.discrepancy_key.in_(sa.select(seen_now.c.discrepancy_key))

@@ -6,7 +6,6 @@ import hashlib
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
-import pytest
 
 from trueup import insights
 from trueup.freshness import judge
@@ -159,22 +158,3 @@ def test_match_rate_counts_records_in_clusters_across_systems_and_lists_the_ones
     agree = {r["system"]: r["records"] for r in figures["agreement"].data.to_pylist()}
     assert agree == {"crm": 3, "erp": 2, "wms": 1}  # the held record is not counted
 
-
-def test_a_failed_tracking_leaves_nothing_behind_for_the_next_one(db_url, monkeypatch):
-    from trueup import state as state_mod
-
-    store = StateStore(db_url)
-    keys = insights.discrepancy_keys(_outcomes([{"target_key": "C1", "field": "city", "new_value": "Austin"}]))
-    real = state_mod._insert_many
-
-    def broken(c, table, columns):
-        if table.name == "trueup_seen_discrepancies":
-            raise RuntimeError("connection lost")
-        return real(c, table, columns)
-
-    monkeypatch.setattr(state_mod, "_insert_many", broken)
-    with pytest.raises(RuntimeError):
-        store.track_discrepancies("r1", keys)
-    monkeypatch.setattr(state_mod, "_insert_many", real)
-    store.track_discrepancies("r1", keys)  # the same pooled connection: its temporary table is gone
-    assert store.discrepancy_history().column("runs_seen").to_pylist() == [1]

@@ -236,13 +236,13 @@ def _columns_read(exps: list[Expectation], available: list[str]) -> list[str]:
     return [n for n in available if n in names]
 
 
-def _frame(staged: pa.Table, extra: dict[str, pa.Array], columns: list[str]):
+def _frame(table: pa.Table, columns: list[str]):
     """The rows as pandas for GX, only `columns` (GX copies the whole frame for every clause, so
-    each batch holds only what its clauses read), with decimals as float64 (range checks only need the sign and magnitude, and object columns of
-    Decimals are slow)."""
+    each batch holds only what its clauses read), with decimals as float64 (range checks only need
+    the sign and magnitude, and object columns of Decimals are slow)."""
     import pyarrow.compute as pc
 
-    table = pa.table({**{n: staged.column(n) for n in staged.column_names}, **extra}).select(columns)
+    table = table.select(columns)
     return pa.table({f.name: pc.cast(table.column(f.name), pa.float64()) if pa.types.is_decimal(f.type)
                      else table.column(f.name) for f in table.schema}).to_pandas()
 
@@ -286,7 +286,8 @@ def validate(system: str, entity: str, staged: pa.Table, config: Config, severit
 
     extra = _membership(staged, system, reference)
     extra.update(_conditioned(staged, extra))
-    available = staged.column_names + list(extra)
+    rows = pa.table({**{n: staged.column(n) for n in staged.column_names}, **extra})
+    available = rows.column_names
     context = gx.get_context(mode="ephemeral")  # never a file-backed gx/ folder
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_pandas("trueup")
@@ -300,7 +301,7 @@ def validate(system: str, entity: str, staged: pa.Table, config: Config, severit
     results = []
     for n, (columns, group) in enumerate(groups.items()):
         batch = (source.add_dataframe_asset(f"{system}_{entity}_{n}").add_batch_definition_whole_dataframe("all")
-                 .get_batch(batch_parameters={"dataframe": _frame(staged, extra, list(columns))}))
+                 .get_batch(batch_parameters={"dataframe": _frame(rows, list(columns))}))
         suite = gx.ExpectationSuite(name=f"{system}.{entity}.{n}", expectations=[e.gx for e in group])
         results += batch.validate(suite, result_format={"result_format": "COMPLETE",
                                                         "unexpected_index_column_names": ["source_key"]}).results

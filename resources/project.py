@@ -97,6 +97,11 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
             path.write_text(json.dumps(obj, default=str, indent=2))
 
     def load_input(self, context: dg.InputContext) -> Any:
+        # a step starts by reading its inputs: what the steps before it freed goes back to the
+        # system first (Arrow's allocator keeps freed pages for reuse; in one process the next
+        # step would otherwise start on the last one's high-water mark: 2 GB after the large
+        # price golden records)
+        pa.default_memory_pool().release_unused()
         wh = Warehouse(self.root)
         keys = self._per_partition(context)
         if keys:

@@ -59,6 +59,38 @@ def test_a_listing_read_page_by_page_keeps_every_record_and_column(config):
     assert "phone" not in got.column_names  # no record had it: missing, not an empty column
 
 
+def test_the_next_page_is_asked_for_by_the_cursor_the_page_gives_even_when_a_record_misleads(config):
+    """The next page is requested before this one is parsed, on the cursor read off its raw text;
+    a record holding a field of that name makes the guess wrong: the listing still follows the
+    page's own cursor, every record once and in order."""
+    import json
+
+    import httpx
+
+    pages = {
+        None: '{"data": [{"id": "A1", "name": "Acme"}], "next_cursor": "p2"}',
+        # the listing's cursor first, a record's look-alike last: the raw-text guess is "bogus"
+        "p2": '{"next_cursor": "p3", "data": [{"id": "A2", "name": "Bolt", "next_cursor": "bogus"}]}',
+        "p3": json.dumps({"data": [{"id": "A3", "name": "Cord"}], "next_cursor": 'q"4'}),
+        'q"4': '{"data": [{"id": "A4", "name": "Dune"}], "next_cursor": null}',
+    }
+    asked: list = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        cursor = request.url.params.get("cursor")
+        asked.append(cursor)
+        if cursor not in pages:
+            return httpx.Response(400, content=b'{"error": "unknown cursor"}')
+        return httpx.Response(200, content=pages[cursor])
+
+    crm = RestSystem("crm", "http://crm.test", config.systems.systems["crm"], page_size=1,
+                     transport=httpx.MockTransport(handler))
+    got = crm.extract("customer")
+    crm.close()
+    assert got.column("id").to_pylist() == ["A1", "A2", "A3", "A4"]
+    assert [c for c in asked if c != "bogus"] == [None, "p2", "p3", 'q"4']
+
+
 def test_a_page_is_read_as_the_api_wrote_it_timestamps_as_text_and_a_broken_page_names_its_listing(config):
     """Arrow's JSON reader would make ISO strings timestamps (and lose their offsets): they stay
     the text the API sent, on the first page and after; numbers stay numbers; a page printed over

@@ -96,3 +96,19 @@ def test_a_condition_keeps_the_column_it_names_even_when_no_clause_reads_it():
     # a clause about the table, not a column of it: GX gets every column
     table_level = contracts.Expectation("columns", None, gxe.ExpectTableColumnCountToEqual(value=8))
     assert contracts._columns_read([postal, table_level], available) == available
+
+
+def test_no_frame_of_a_validation_outlives_it():
+    """GX's context keeps its data source's batches until the next validation: in one process
+    running step after step, a validation's frames must go when it returns (they were the last
+    validated table's size in memory from one step to the next)."""
+    import gc
+
+    import pandas as pd
+
+    config = Config.load(REPO / "config")
+    result = contracts.validate("erp", "price", price_rows(1237), config, contracts.Severities(None))
+    assert not result.passed
+    gc.collect()
+    left = [o for o in gc.get_objects() if isinstance(o, pd.DataFrame) and len(o) == 1241]
+    assert left == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,30 @@ COLUMNS_META = "trueup/columns"  # AssetIn metadata: load only these columns
 BUCKET_ROW_GROUP = 65_536
 
 
+_lean_step: list = [None]  # the step the last `_start_lean` was for
+
+
+def _start_lean(context: dg.InputContext) -> None:
+    """Before a step reads its first input, hand back what the steps before it left. The
+    in-process executor runs every step in one process; a finished step's tables stay alive in
+    reference cycles (its frames, Dagster's context objects) until Python's cycle collector runs,
+    which counts Python objects, not bytes, so for Arrow-heavy steps it hardly does: measured at
+    the large size, the nightly's steps started with 3-4 GB of earlier steps' memory, 0.6-0.9 GB
+    after this. Then Arrow's allocator returns the freed pages (it keeps them for reuse)."""
+    try:
+        step = (context.step_context.run_id, context.step_context.step.key)
+    except dg.DagsterInvariantViolationError:  # an input context built outside a run
+        step = None
+    if step is not None and step == _lean_step[0]:
+        return  # once per step
+    first = _lean_step[0] is None
+    _lean_step[0] = step
+    gc.collect()
+    if first:  # what is alive before the first step (imported modules mostly) lives all run:
+        gc.freeze()  # later collections skip it (the demo nightly: 33.5-35.0 s without, 29.1 with, 29.9 never collecting)
+    pa.default_memory_pool().release_unused()
+
+
 class WarehouseIOManager(dg.ConfigurableIOManager):
     """Every asset's result as a Parquet file (tables) or JSON file (summaries) in the local
     warehouse, one file per asset and partition, replaced atomically on re-execution."""
@@ -97,11 +122,7 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
             path.write_text(json.dumps(obj, default=str, indent=2))
 
     def load_input(self, context: dg.InputContext) -> Any:
-        # a step starts by reading its inputs: what the steps before it freed goes back to the
-        # system first (Arrow's allocator keeps freed pages for reuse; in one process the next
-        # step would otherwise start on the last one's high-water mark: 2 GB after the large
-        # price golden records)
-        pa.default_memory_pool().release_unused()
+        _start_lean(context)
         wh = Warehouse(self.root)
         keys = self._per_partition(context)
         if keys:

@@ -9,6 +9,7 @@ No raw value leaves this module: results carry keys and counts, never the failin
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -21,6 +22,8 @@ import yaml
 from trueup.config import Config
 from trueup.mapping import ISSUE_SCHEMA
 from trueup.model import DOMAINS
+
+log = logging.getLogger(__name__)
 
 EMAIL = r"^[a-z0-9._%+'-]+@[a-z0-9.-]+\.[a-z]{2,}$"
 E164 = r"^\+[1-9][0-9]{6,14}$"
@@ -310,7 +313,10 @@ def validate(system: str, entity: str, staged: pa.Table, config: Config, severit
         # GX keeps the context, and through its data source every batch's frame, until the next
         # get_context: in a process running step after step that was the last validation's
         # frames (0.8 GB of pandas after the large price book's, from one step to the next)
-        context.data_sources.delete("trueup")
+        try:
+            context.data_sources.delete("trueup")
+        except Exception as exc:  # noqa: BLE001 (memory only: never in place of the validation's own error)
+            log.warning("could not drop GX's data source after validating %s.%s: %s", system, entity, exc)
     by_id: dict[str, ExpectationResult] = {}
     for res in results:
         exp = exps[res.expectation_config.meta["trueup_clause"]]

@@ -244,14 +244,18 @@ def build_golden(domain: str, matched: pa.Table, config: Config, as_of: date) ->
     # golden ids at a time, so the window and the aggregate hold one share's rows (the large
     # landscape's 10M price rows: process peak 6.4 GB at once, 4.1 GB in five shares, ~10% slower)
     shares = max(1, -(-matched.num_rows // GOLDEN_SHARE_ROWS))
-    parts = [_golden_share(con, domain, cols, rules, as_of, i, shares) for i in range(shares)]
-    con.close()
+    try:
+        parts = [_golden_share(con, domain, cols, rules, as_of, i, shares) for i in range(shares)]
+    finally:
+        con.close()
     return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
 
 def _golden_share(con, domain: str, cols: list[str], rules, as_of: date, i: int, shares: int) -> pa.Table:
     """The golden records of share `i` of `shares` of the golden ids (by the ids' hash)."""
-    share = f" AND hash(golden_id) % {shares} = {i}" if shares > 1 else ""
+    # salted: a bucket of the domain (`with_buckets`, the unsalted hash modulo the bucket count)
+    # must spread over the shares, not fall into one of them
+    share = f" AND hash(golden_id, 'share') % {shares} = {i}" if shares > 1 else ""
     # ranked within its golden record only: the rank is compared inside a group, never across
     ranked = ("SELECT *, row_number() OVER (PARTITION BY golden_id ORDER BY source_updated_at DESC NULLS LAST, "
               f"source_key, source_system) AS __rk FROM matched WHERE NOT held{share}")

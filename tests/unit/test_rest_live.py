@@ -89,6 +89,7 @@ def test_the_next_page_is_asked_for_by_the_cursor_the_page_gives_even_when_a_rec
     crm.close()
     assert got.column("id").to_pylist() == ["A1", "A2", "A3", "A4"]
     assert [c for c in asked if c != "bogus"] == [None, "p2", "p3", 'q"4']
+    assert "bogus" in asked  # the guess went out before the page was parsed (and was then ignored)
 
 
 def test_a_page_is_read_as_the_api_wrote_it_timestamps_as_text_and_a_broken_page_names_its_listing(config):

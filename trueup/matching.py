@@ -465,10 +465,11 @@ def resolve(domain: str, staged: pa.Table, anchor_system: str, *, xref_system: s
     con.register("n", norm)
     con.register("prev", previous if previous is not None else LINK_SCHEMA.empty_table())
     con.register("dec", decisions if decisions is not None else DECISION_SCHEMA.empty_table())
-    # the anchor key of each record's parent: its parent's own key where the parent is keyed
     # a record's parent in anchor terms: the parent's own key where it names an anchor record, else
-    # the parent's accepted link (from the previous pass or run): a ship-to is matched within its sold-to
-    con.execute("""CREATE TEMP TABLE n2 AS
+    # the parent's accepted link (from the previous pass or run): a ship-to is matched within its sold-to.
+    # One working copy (n3), dropped once anchors and probes are taken from it: at the large size
+    # a copy of the 3.4M customers is ~1 GB of DuckDB's memory
+    con.execute(f"""CREATE TEMP TABLE n3 AS SELECT *, {_fingerprint_sql(domain)} AS fingerprint FROM (
         SELECT n.*, CASE WHEN n.source_system = $1 THEN n.parent_key
                          ELSE coalesce(par.match_key, pl.anchor_key) END AS parent_anchor
         FROM n LEFT JOIN (SELECT source_system, source_key, match_key FROM n
@@ -476,16 +477,17 @@ def resolve(domain: str, staged: pa.Table, anchor_system: str, *, xref_system: s
           ON par.source_system = n.source_system AND par.source_key = n.parent_key
         LEFT JOIN (SELECT source_system, source_key, any_value(anchor_key) AS anchor_key FROM prev
                    WHERE domain = $2 AND status IN ('accepted', 'confirmed') GROUP BY ALL) pl
-          ON pl.source_system = n.source_system AND pl.source_key = n.parent_key""", [anchor_system, domain])
-    con.execute(f"CREATE TEMP TABLE n3 AS SELECT *, {_fingerprint_sql(domain)} AS fingerprint FROM n2")
+          ON pl.source_system = n.source_system AND pl.source_key = n.parent_key)""", [anchor_system, domain])
     anchors = fetch(con, "SELECT * FROM n3 WHERE source_system = $1 ORDER BY rid", [anchor_system])
     anchor_keys = set(pc.unique(anchors.column("match_key").drop_null()).to_pylist())
     con.register("anchor_keys", pa.table({"k": pa.array(sorted(anchor_keys), pa.string())}))
     all_probes = fetch(con, """
         SELECT n3.*, (match_key IS NOT NULL AND match_key IN (SELECT k FROM anchor_keys)) AS keyed
         FROM n3 WHERE source_system <> $1
-          AND (match_key IS NULL OR match_key NOT IN (SELECT k FROM anchor_keys) OR source_system = $2)""",
-        [anchor_system, xref_system or ""])
+          AND (match_key IS NULL OR match_key NOT IN (SELECT k FROM anchor_keys) OR source_system = $2)
+        ORDER BY rid""", [anchor_system, xref_system or ""])
+    con.execute("DROP TABLE n3")
+    con.unregister("n")
     con.register("all_probes", all_probes)
     # reuse: an earlier decision for an unchanged probe stands (unless a person decided since)
     reused = fetch(con, """
@@ -494,15 +496,21 @@ def resolve(domain: str, staged: pa.Table, anchor_system: str, *, xref_system: s
           AND NOT EXISTS (SELECT 1 FROM dec WHERE dec.domain = $1 AND dec.source_system = prev.source_system
                           AND dec.source_key = prev.source_key AND dec.decided_at > prev.decided_at)""", [domain])
     con.register("reused", reused)
-    probes = fetch(con, """SELECT * FROM all_probes WHERE (source_system, source_key) NOT IN
-                           (SELECT (source_system, source_key) FROM reused) ORDER BY rid""")
+    # a copy only where something is taken out: the first run reuses and keeps nothing
+    probes = all_probes if not reused.num_rows else fetch(
+        con, """SELECT * FROM all_probes WHERE (source_system, source_key) NOT IN
+                (SELECT (source_system, source_key) FROM reused) ORDER BY rid""")
+    con.unregister("all_probes")
+    del all_probes
     con.register("probes", probes)
     con.register("before", scored_before if scored_before is not None else _SCORED_SCHEMA.empty_table())
     # scored already: a probe an earlier pass scored with these very fields
     con.execute("""CREATE TEMP TABLE kept AS SELECT b.* FROM before b
         SEMI JOIN probes p USING (source_system, source_key, fingerprint)""")
-    to_score = fetch(con, """SELECT * FROM probes WHERE (source_system, source_key) NOT IN
-                              (SELECT (source_system, source_key) FROM kept) ORDER BY rid""")
+    kept_any = con.execute("SELECT count(*) FROM kept").fetchall()[0][0] > 0
+    to_score = probes if not kept_any else fetch(
+        con, """SELECT * FROM probes WHERE (source_system, source_key) NOT IN
+                (SELECT (source_system, source_key) FROM kept) ORDER BY rid""")
     # re-number so row ids index the arrays directly
     to_score = to_score.set_column(0, "rid", pa.array(np.arange(to_score.num_rows), pa.int64()))
     anchors = anchors.set_column(0, "rid", pa.array(np.arange(anchors.num_rows), pa.int64()))

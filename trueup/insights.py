@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -48,6 +49,8 @@ MASK_MACRO = """CREATE OR REPLACE MACRO mask(fld, v) AS CASE
                                              ELSE '******' END
     ELSE v END"""
 
+CLUSTER_SHARE_ROWS = 4_000_000  # matched records grouped into clusters at once
+
 DISCREPANCY_KEY_SQL = "md5(domain || '|' || target_system || '|' || action || '|' || target_key || '|' || field)"
 
 
@@ -70,8 +73,8 @@ class RunFacts:
     at: datetime
     dry_run: bool
     outcomes: pa.Table  # every domain's writeback rows (plan columns + status, error, attempts)
-    matched: dict[str, pa.Table]  # domain -> source_system, source_key, golden_id, held
-    golden: dict[str, pa.Table]  # price, inventory, product golden records
+    matched: dict[str, pa.Table | Path]  # domain -> source_system, source_key, golden_id, held (or their Parquet)
+    golden: dict[str, pa.Table | Path]  # price, inventory, product golden records (or their Parquet)
     quarantined: pa.Table  # the state store's quarantine rows of this run
     extracts: pa.Table  # the state store's extracts rows of this run (data age)
     history: pa.Table  # discrepancy_history after tracking this run
@@ -96,6 +99,34 @@ def _conform(table: pa.Table | None, columns: dict[str, pa.DataType]) -> pa.Tabl
         else:
             out[c] = pa.nulls(table.num_rows, t)
     return pa.table(out)
+
+
+_DUCK_TYPES = {pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN", pa.int64(): "BIGINT",
+               pa.decimal128(18, 4): "DECIMAL(18, 4)"}
+
+
+def _source(con, name: str, parts: dict[str, pa.Table | Path | str], columns: dict[str, pa.DataType],
+            *, domain_column: bool) -> None:
+    """View `name` in `con`: the named columns of each part, an Arrow table or a Parquet file read
+    as the query streams it (the large landscape's matched records are 24M rows, too many to hold),
+    with `domain` = the part's key where `domain_column`. No part: empty, with those columns."""
+    selects = []
+    for i, (key, part) in enumerate(parts.items()):
+        label = f", {_literal(key)} AS domain" if domain_column else ""
+        if isinstance(part, (str, Path)):
+            cols = ", ".join(f"CAST({c} AS {_DUCK_TYPES[t]}) AS {c}" for c, t in columns.items())
+            selects.append(f"SELECT {cols}{label} FROM read_parquet({_literal(str(part))})")
+        else:
+            con.register(f"{name}_{i}", _conform(part, columns))
+            selects.append(f"SELECT {', '.join(columns)}{label} FROM {name}_{i}")
+    if not selects:
+        con.register(f"{name}_0", _conform(None, {**columns, **({"domain": pa.string()} if domain_column else {})}))
+        selects.append(f"SELECT * FROM {name}_0")
+    con.execute(f"CREATE TEMP VIEW {name} AS " + " UNION ALL ".join(selects))
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def discrepancy_keys(outcomes: pa.Table) -> pa.Table:
@@ -124,12 +155,10 @@ def build(facts: RunFacts) -> tuple[dict[str, Figure], dict, pa.Table]:
                            source_system, rule, severity, status, error, attempts,
                            {CATEGORY_SQL} AS outcome
                     FROM o_raw""")
-    matched = [(t := _conform(facts.matched.get(d), MATCHED_COLUMNS)).append_column(
-        "domain", pa.repeat(pa.scalar(d, pa.string()), t.num_rows)) for d in sorted(facts.matched)]
-    con.register("m", pa.concat_tables(matched) if matched else
-                 pa.table({**{c: pa.array([], t) for c, t in MATCHED_COLUMNS.items()}, "domain": pa.array([], pa.string())}))
+    _source(con, "m", {d: facts.matched[d] for d in sorted(facts.matched)}, MATCHED_COLUMNS, domain_column=True)
     for name, cols in GOLDEN_COLUMNS.items():
-        con.register(f"g_{name}", _conform(facts.golden.get(name), cols))
+        _source(con, f"g_{name}", {name: facts.golden[name]} if name in facts.golden else {}, cols,
+                domain_column=False)
     con.register("q", _conform(facts.quarantined, QUARANTINE_COLUMNS))
     con.register("x", _conform(facts.extracts, EXTRACT_COLUMNS))
     hist_cols = {"discrepancy_key": pa.string(), "domain": pa.string(), "system": pa.string(),
@@ -221,9 +250,18 @@ def build(facts: RunFacts) -> tuple[dict[str, Figure], dict, pa.Table]:
     # -- match rate: records matched across systems / records
     # a cluster spans systems when its first and last system differ (not count(DISTINCT): 3x the
     # time over the large landscape's 24M records); the rows file holds the records not matched
-    con.execute("""CREATE TEMP TABLE clusters AS
-        SELECT domain, golden_id, min(source_system) <> max(source_system) AS across, count(*) AS records
-        FROM m WHERE NOT coalesce(held, FALSE) AND golden_id IS NOT NULL GROUP BY ALL""")
+    # Only the clusters in one system are kept one by one (the rows file lists them); those across
+    # systems are summed per domain. The large landscape has 11M clusters: grouped at once they took
+    # 3 GB, so they are grouped in shares of the golden id's hash.
+    con.execute("""CREATE TEMP TABLE clusters (domain VARCHAR, golden_id VARCHAR, across BOOLEAN, records BIGINT)""")
+    shares = -(-con.execute("SELECT count(*) FROM m").fetchall()[0][0] // CLUSTER_SHARE_ROWS) or 1
+    for share in range(shares):  # literals, not parameters: a parameter in the filter made it 7x slower
+        con.execute(f"""INSERT INTO clusters
+            SELECT domain, CASE WHEN across THEN NULL ELSE golden_id END, across, sum(records) FROM (
+                SELECT domain, golden_id, min(source_system) <> max(source_system) AS across, count(*) AS records
+                FROM m WHERE NOT coalesce(held, FALSE) AND golden_id IS NOT NULL AND hash(golden_id) % {int(shares)} = {int(share)}
+                GROUP BY ALL)
+            GROUP BY ALL""")
     con.execute("""CREATE TEMP TABLE per_system AS
         SELECT domain, source_system AS system, count(*) AS records, count(*) FILTER (coalesce(held, FALSE)) AS held
         FROM m GROUP BY ALL""")

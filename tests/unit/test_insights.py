@@ -6,6 +6,8 @@ import hashlib
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 
 from trueup import insights
 from trueup.freshness import judge
@@ -136,13 +138,20 @@ def test_a_freshness_sla_for_an_unknown_system_is_rejected(tmp_path):
         Config.load(tmp_path / "config")
 
 
-def test_match_rate_counts_records_in_clusters_across_systems_and_lists_the_ones_not_matched():
+@pytest.mark.parametrize("source, share_rows", [("table", 4_000_000), ("parquet", 4_000_000), ("parquet", 3)])
+def test_match_rate_counts_records_in_clusters_across_systems_and_lists_the_ones_not_matched(
+        source, share_rows, tmp_path, monkeypatch):
+    """The same figures from Arrow tables or Parquet files, grouped at once or in shares of clusters."""
+    monkeypatch.setattr(insights, "CLUSTER_SHARE_ROWS", share_rows)
     matched = {"customer": pa.table({
         "source_system": ["erp", "crm", "wms", "erp", "crm", "crm", "erp", "crm"],
         "source_key": ["1", "A", "W1", "2", "B", "C", "3", "D"],
         # G1 spans three systems, G2 only the ERP (twice over), B and C have no cluster, 3 and D are held
         "golden_id": ["G1", "G1", "G1", "G2", None, None, "G2", "G1"],
         "held": [False, False, False, False, False, False, True, True]})}
+    if source == "parquet":
+        pq.write_table(matched["customer"], tmp_path / "customer_matched.parquet")
+        matched = {"customer": tmp_path / "customer_matched.parquet"}
     facts = insights.RunFacts(run_id="r1", at=datetime.now(timezone.utc), dry_run=False, outcomes=_outcomes([]),
                               matched=matched, golden={}, quarantined=None, extracts=None, history=None,
                               previous_runs=None)

@@ -30,5 +30,7 @@ print(json.dumps({"limit": limit, "temp": temp, "joined": n}))
     assert capped["limit"] in ("95.3 MiB", "100.0 MB")
     assert capped["temp"].startswith(str(tmp_path / "trueup-duckdb-"))  # the process's own spill folder
     assert capped["joined"] == 3_000_000  # ~200 MB of build side under a 100 MB cap
-    free = _run(code, {"TRUEUP_DUCKDB_MEMORY_LIMIT": ""})
-    assert free["limit"] != capped["limit"] and free["joined"] == 3_000_000
+    default = _run(code, {"TRUEUP_DUCKDB_MEMORY_LIMIT": ""})
+    assert default["limit"] in ("1.8 GiB", "1.9 GiB", "2.0 GB") and default["joined"] == 3_000_000
+    free = _run(code, {"TRUEUP_DUCKDB_MEMORY_LIMIT": "none"})
+    assert free["limit"] not in (capped["limit"], default["limit"]) and free["joined"] == 3_000_000

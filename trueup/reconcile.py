@@ -204,7 +204,10 @@ def _pick(field: str, rule: FieldRule, system_order: list[str]) -> tuple[str, st
     return value, source
 
 
-GOLDEN_SHARE_ROWS = 2_000_000  # matched rows per share of build_golden's work
+# build_golden's work per share: matched rows x candidate values per row (fields x systems). The
+# aggregate's state grows with both: at the large size, under DuckDB's 2 GB cap, 2M customer rows
+# (17 fields x 3 systems) at once took 8.1 s and 1M 5.9 s, while 2M price rows (10 x 2) took 7.8 s
+GOLDEN_SHARE_CELLS = 40_000_000
 
 
 def build_golden(domain: str, matched: pa.Table, config: Config, as_of: date) -> pa.Table:
@@ -243,7 +246,7 @@ def build_golden(domain: str, matched: pa.Table, config: Config, as_of: date) ->
     # golden records are independent of each other: a large table is aggregated a share of its
     # golden ids at a time, so the window and the aggregate hold one share's rows (the large
     # landscape's 10M price rows: process peak 6.4 GB at once, 4.1 GB in five shares, ~10% slower)
-    shares = max(1, -(-matched.num_rows // GOLDEN_SHARE_ROWS))
+    shares = max(1, -(-matched.num_rows * len(d.field_names) * len(system_order) // GOLDEN_SHARE_CELLS))
     try:
         parts = [_golden_share(con, domain, cols, rules, as_of, i, shares) for i in range(shares)]
     finally:

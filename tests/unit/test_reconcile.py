@@ -231,7 +231,8 @@ def test_golden_records_built_in_shares_equal_those_built_at_once(domain, home, 
     staged = steps.stage(domain, raw, config)
     matched, _ = reconcile.match(domain, staged.table, None, staged.issues)
     at_once = reconcile.build_golden(domain, matched, config, date(2026, 6, 1))
-    monkeypatch.setattr(reconcile, "GOLDEN_SHARE_ROWS", matched.num_rows // 4)
+    cells = matched.num_rows * len(DOMAINS[domain].field_names) * len(config.systems.systems_with(domain))
+    monkeypatch.setattr(reconcile, "GOLDEN_SHARE_CELLS", cells // 4)
     shares = reconcile.build_golden(domain, matched, config, date(2026, 6, 1))
     assert at_once.num_rows > 100  # four or five shares of the demo's records, each with many
     assert shares.schema == at_once.schema

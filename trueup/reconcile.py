@@ -206,7 +206,7 @@ def _pick(field: str, rule: FieldRule, system_order: list[str]) -> tuple[str, st
 
 # build_golden's work per share: matched rows x candidate values per row (fields x systems). The
 # aggregate's state grows with both: at the large size, under DuckDB's 2 GB cap, 2M customer rows
-# (17 fields x 3 systems) at once took 8.1 s and 1M 5.9 s, while 2M price rows (10 x 2) took 7.8 s
+# (18 fields x 3 systems) at once took 8.1 s and 1M 5.9 s, while 2M price rows (10 x 2) took 7.8 s
 GOLDEN_SHARE_CELLS = 40_000_000
 
 

@@ -149,7 +149,6 @@ def exception_report(store, warehouse, config, summary: dict, outcomes: pa.Table
     and KPIs kept in the state store. Returns (report.html path, headline numbers, figures)."""
     from datetime import datetime, timezone
 
-
     from trueup import htmlreport, insights
 
     at = at or datetime.now(timezone.utc)

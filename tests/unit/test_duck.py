@@ -32,5 +32,24 @@ print(json.dumps({"limit": limit, "temp": temp, "joined": n}))
     assert capped["joined"] == 3_000_000  # ~200 MB of build side under a 100 MB cap
     default = _run(code, {"TRUEUP_DUCKDB_MEMORY_LIMIT": ""})
     assert default["limit"] in ("1.8 GiB", "1.9 GiB", "2.0 GB") and default["joined"] == 3_000_000
-    free = _run(code, {"TRUEUP_DUCKDB_MEMORY_LIMIT": "none"})
+    free = _run(code, {"TRUEUP_DUCKDB_MEMORY_LIMIT": "none", "TRUEUP_DUCKDB_TEMP_DIR": str(tmp_path)})
     assert free["limit"] not in (capped["limit"], default["limit"]) and free["joined"] == 3_000_000
+    assert free["temp"].startswith(str(tmp_path / "trueup-duckdb-"))  # uncapped, still its own folder
+
+
+def test_spill_folders_of_processes_that_are_gone_are_removed(tmp_path):
+    """A killed run's spill folder (DuckDB removes its own only on a clean exit) goes when the
+    next process opens its database; a live process's folder and other folders stay."""
+    import os
+
+    from trueup.duck import sweep_spill_folders
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    for name in (f"trueup-duckdb-{gone}", f"trueup-duckdb-{os.getpid()}", f"trueup-duckdb-{os.getppid()}",
+                 "trueup-duckdb-notapid", "other-1"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "spill.block").write_bytes(b"x")
+    assert sweep_spill_folders(str(tmp_path)) == [f"trueup-duckdb-{gone}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"trueup-duckdb-{os.getpid()}", f"trueup-duckdb-{os.getppid()}", "trueup-duckdb-notapid", "other-1"])

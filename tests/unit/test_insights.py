@@ -144,11 +144,12 @@ def test_match_rate_counts_records_in_clusters_across_systems_and_lists_the_ones
     """The same figures from Arrow tables or Parquet files, grouped at once or in shares of clusters."""
     monkeypatch.setattr(insights, "CLUSTER_SHARE_ROWS", share_rows)
     matched = {"customer": pa.table({
-        "source_system": ["erp", "crm", "wms", "erp", "crm", "crm", "erp", "crm"],
-        "source_key": ["1", "A", "W1", "2", "B", "C", "3", "D"],
-        # G1 spans three systems, G2 only the ERP (twice over), B and C have no cluster, 3 and D are held
-        "golden_id": ["G1", "G1", "G1", "G2", None, None, "G2", "G1"],
-        "held": [False, False, False, False, False, False, True, True]})}
+        "source_system": ["erp", "crm", "wms", "erp", "crm", "crm", "erp", "crm", "erp", "crm"],
+        "source_key": ["1", "A", "W1", "2", "B", "C", "3", "D", "4", "E"],
+        # G1 spans three systems, G3 two, G2 only the ERP (twice over), B and C have no cluster,
+        # 3 and D are held
+        "golden_id": ["G1", "G1", "G1", "G2", None, None, "G2", "G1", "G3", "G3"],
+        "held": [False, False, False, False, False, False, True, True, False, False]})}
     if source == "parquet":
         pq.write_table(matched["customer"], tmp_path / "customer_matched.parquet")
         matched = {"customer": tmp_path / "customer_matched.parquet"}
@@ -157,13 +158,13 @@ def test_match_rate_counts_records_in_clusters_across_systems_and_lists_the_ones
                               previous_runs=None)
     figures, headline, _ = insights.build(facts)
     fig = figures["match_rate"]
-    assert fig.data.to_pylist() == [{"domain": "customer", "records": 8, "matched": 3, "held": 2,
-                                     "match_rate": round(3 / 8, 4)}]
-    assert headline["match_rate"] == round(3 / 8, 4)
+    assert fig.data.to_pylist() == [{"domain": "customer", "records": 10, "matched": 5, "held": 2,
+                                     "match_rate": 0.5}]
+    assert headline["match_rate"] == 0.5
     # held D is not matched, though its cluster spans the three systems
     assert [(r["source_key"], r["systems_in_cluster"], r["held"]) for r in fig.rows.to_pylist()] == [
         ("B", 0, False), ("C", 0, False), ("D", 3, True), ("2", 1, False), ("3", 1, True)]
     assert not any(fig.rows.column("matched").to_pylist())
     agree = {r["system"]: r["records"] for r in figures["agreement"].data.to_pylist()}
-    assert agree == {"crm": 3, "erp": 2, "wms": 1}  # the held record is not counted
+    assert agree == {"crm": 4, "erp": 3, "wms": 1}  # the held record is not counted
 

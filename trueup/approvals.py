@@ -17,13 +17,9 @@ from __future__ import annotations
 import pyarrow as pa
 
 from trueup.config import Approval, Config
-from trueup.duck import connect, fetch
+from trueup.duck import connect, fetch, literal
 
 HELD = ("pending", "rejected", "waiting")
-
-
-def _lit(v: str) -> str:
-    return "'" + v.replace("'", "''") + "'"
 
 
 def _condition(field: str, a: Approval) -> str:
@@ -51,12 +47,12 @@ def classify(domain: str, plan: pa.Table, config: Config) -> pa.Table:
     cases = []
     for field, rule in rules.fields.items():
         if rule.approval:
-            cases.append(f"WHEN action <> 'create' AND field = {_lit(field)} AND {_condition(field, rule.approval)} "
-                         f"THEN {_lit(_why(f'{domain}.{field}', rule.approval))}")
+            cases.append(f"WHEN action <> 'create' AND field = {literal(field)} AND {_condition(field, rule.approval)} "
+                         f"THEN {literal(_why(f'{domain}.{field}', rule.approval))}")
     for system, create in rules.create_in.items():
         if create.approval:
-            cases.append(f"WHEN action = 'create' AND target_system = {_lit(system)} "
-                         f"THEN {_lit(_why(f'creating a {domain} in {system}', create.approval))}")
+            cases.append(f"WHEN action = 'create' AND target_system = {literal(system)} "
+                         f"THEN {literal(_why(f'creating a {domain} in {system}', create.approval))}")
     reason = f"CASE {' '.join(cases)} END" if cases else "NULL"
     con = connect()
     con.register("plan", plan)

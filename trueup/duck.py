@@ -92,6 +92,27 @@ def fetch(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) 
     return to_arrow()
 
 
+def literal(value: str) -> str:
+    """A SQL string literal, for the few values that must be text in the statement (a view's
+    file path, a name from validated config in a CASE); values from data are bound parameters."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_type(t: pa.DataType) -> str:
+    """DuckDB's name for an Arrow type of the canonical model."""
+    if pa.types.is_decimal(t):
+        return f"DECIMAL({t.precision},{t.scale})"
+    if pa.types.is_integer(t):
+        return "BIGINT"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_date(t):
+        return "DATE"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ"
+    return "VARCHAR"
+
+
 def q(identifier: str) -> str:
     """Quote an identifier that config validation has already restricted to [A-Za-z0-9_]."""
     return '"' + identifier.replace('"', '""') + '"'

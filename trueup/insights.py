@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from trueup.config import ReportSettings
-from trueup.duck import connect, fetch
+from trueup.duck import connect, fetch, literal, sql_type
 from trueup.steps import WRITEBACK_SCHEMA
 
 PII_FIELDS = ("email", "phone", "tax_id")
@@ -101,10 +101,6 @@ def _conform(table: pa.Table | None, columns: dict[str, pa.DataType]) -> pa.Tabl
     return pa.table(out)
 
 
-_DUCK_TYPES = {pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN", pa.int64(): "BIGINT",
-               pa.decimal128(18, 4): "DECIMAL(18, 4)"}
-
-
 def _source(con, name: str, parts: dict[str, pa.Table | Path | str], columns: dict[str, pa.DataType],
             *, domain_column: bool) -> None:
     """View `name` in `con`: the named columns of each part, an Arrow table or a Parquet file read
@@ -112,10 +108,10 @@ def _source(con, name: str, parts: dict[str, pa.Table | Path | str], columns: di
     with `domain` = the part's key where `domain_column`. No part: empty, with those columns."""
     selects = []
     for i, (key, part) in enumerate(parts.items()):
-        label = f", {_literal(key)} AS domain" if domain_column else ""
+        label = f", {literal(key)} AS domain" if domain_column else ""
         if isinstance(part, (str, Path)):
-            cols = ", ".join(f"CAST({c} AS {_DUCK_TYPES[t]}) AS {c}" for c, t in columns.items())
-            selects.append(f"SELECT {cols}{label} FROM read_parquet({_literal(str(part))})")
+            cols = ", ".join(f"CAST({c} AS {sql_type(t)}) AS {c}" for c, t in columns.items())
+            selects.append(f"SELECT {cols}{label} FROM read_parquet({literal(str(part))})")
         else:
             con.register(f"{name}_{i}", _conform(part, columns))
             selects.append(f"SELECT {', '.join(columns)}{label} FROM {name}_{i}")
@@ -123,10 +119,6 @@ def _source(con, name: str, parts: dict[str, pa.Table | Path | str], columns: di
         con.register(f"{name}_0", _conform(None, {**columns, **({"domain": pa.string()} if domain_column else {})}))
         selects.append(f"SELECT * FROM {name}_0")
     con.execute(f"CREATE TEMP VIEW {name} AS " + " UNION ALL ".join(selects))
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def discrepancy_keys(outcomes: pa.Table) -> pa.Table:

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trueup.config import EntityMap
-from trueup.duck import connect, fetch, q
+from trueup.duck import connect, fetch, q, sql_type
 from trueup.lookups import calling_codes, countries
 from trueup.model import DOMAINS, Domain
 
@@ -246,15 +246,4 @@ def to_canonical(
 
 
 def _sql_type(domain: Domain, field: str) -> str:
-    t = domain.type_of(field)
-    if pa.types.is_decimal(t):
-        return f"DECIMAL({t.precision},{t.scale})"
-    if pa.types.is_integer(t):
-        return "BIGINT"
-    if pa.types.is_boolean(t):
-        return "BOOLEAN"
-    if pa.types.is_date(t):
-        return "DATE"
-    if pa.types.is_timestamp(t):
-        return "TIMESTAMPTZ"
-    return "VARCHAR"
+    return sql_type(domain.type_of(field))

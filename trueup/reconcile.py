@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trueup.config import Config, FieldRule
-from trueup.duck import connect, fetch, q, query
+from trueup.duck import connect, fetch, literal, q, query
 from trueup.model import DOMAINS, PLAN_SCHEMA
 
 CROSSWALK_SCHEMA = pa.schema(
@@ -37,11 +37,6 @@ GOLDEN_PREFIX = {"customer": "cus_", "product": "prd_", "price": "prc_", "invent
 def golden_id_for(domain: str, cluster_key: str) -> str:
     """The golden id a new cluster gets: a short stable hash of its match key."""
     return GOLDEN_PREFIX[domain] + hashlib.md5(cluster_key.encode()).hexdigest()[:16]
-
-
-def _lit(value: str) -> str:
-    """A SQL string literal for a name that comes from validated config (systems, fields)."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 # ------------------------------------------------------------------ match
@@ -178,14 +173,14 @@ def _pick(field: str, rule: FieldRule, system_order: list[str]) -> tuple[str, st
     f = q(field)
 
     def from_system(s: str) -> str:
-        return f"arg_min({f}, __rk) FILTER (WHERE source_system = {_lit(s)} AND {f} IS NOT NULL)"
+        return f"arg_min({f}, __rk) FILTER (WHERE source_system = {literal(s)} AND {f} IS NOT NULL)"
 
     candidates = [(rule.owner, from_system(rule.owner))]
     others = rule.fallback or []
     if rule.strategy == "priority":
         candidates += [(s, from_system(s)) for s in others]
     elif others:
-        allowed = "source_system IN (" + ", ".join(_lit(s) for s in others) + f") AND {f} IS NOT NULL"
+        allowed = "source_system IN (" + ", ".join(literal(s) for s in others) + f") AND {f} IS NOT NULL"
         if rule.strategy == "most_recent":
             candidates.append(("*", f"arg_min({f}, __rk) FILTER (WHERE {allowed})"))
             src_expr = f"arg_min(source_system, __rk) FILTER (WHERE {allowed})"
@@ -199,7 +194,7 @@ def _pick(field: str, rule: FieldRule, system_order: list[str]) -> tuple[str, st
         if s == "*":
             whens.append(f"WHEN {c} IS NOT NULL THEN {src_expr}")
         else:
-            whens.append(f"WHEN {c} IS NOT NULL THEN {_lit(s)}")
+            whens.append(f"WHEN {c} IS NOT NULL THEN {literal(s)}")
     source = "CASE " + " ".join(whens) + " END"
     return value, source
 
@@ -231,12 +226,12 @@ def build_golden(domain: str, matched: pa.Table, config: Config, as_of: date) ->
         owner = rules.fields["role"].owner if "role" in rules.fields else system_order[0]
         order = [owner] + [s for s in system_order if s != owner]
         cols.append("coalesce(" + ", ".join(
-            f"first(parent_golden_id) FILTER (WHERE source_system = {_lit(s)} AND parent_golden_id IS NOT NULL)"
+            f"first(parent_golden_id) FILTER (WHERE source_system = {literal(s)} AND parent_golden_id IS NOT NULL)"
             for s in order) + ") AS parent_golden_id")
     # the systems holding the record, in name order: a bool_or per configured system costs a
     # fraction of collecting, deduplicating and sorting a list per group (measured at the large
     # size: 2.4 s of the price golden query's 16 s)
-    cols.append("list_filter([" + ", ".join(f"CASE WHEN bool_or(source_system = {_lit(s)}) THEN {_lit(s)} END"
+    cols.append("list_filter([" + ", ".join(f"CASE WHEN bool_or(source_system = {literal(s)}) THEN {literal(s)} END"
                                             for s in sorted(system_order)) + "], lambda s: s IS NOT NULL) AS systems")
     # a cluster formed by a cross-reference: if it points nowhere, that is an exception, not a create
     cols.append("bool_or(match_key IS NOT NULL) AS keyed")
@@ -327,15 +322,15 @@ def build_plan(domain: str, matched: pa.Table, golden: pa.Table, config: Config,
 
     def row(target: str, action: str, key: str, field: str, old: str, new: str, src: str,
             rule: str, severity: str, frm: str, where: str) -> str:
-        return (f"SELECT {_lit(domain)} AS domain, {_lit(target)} AS target_system, {_lit(action)} AS action, "
-                f"g.golden_id, {key} AS target_key, {_lit(field)} AS field, {old} AS old_value, "
-                f"{new} AS new_value, {src} AS source_system, {_lit(rule)} AS rule, "
-                f"{_lit(severity)} AS severity FROM {frm} WHERE {where}")
+        return (f"SELECT {literal(domain)} AS domain, {literal(target)} AS target_system, {literal(action)} AS action, "
+                f"g.golden_id, {key} AS target_key, {literal(field)} AS field, {old} AS old_value, "
+                f"{new} AS new_value, {src} AS source_system, {literal(rule)} AS rule, "
+                f"{literal(severity)} AS severity FROM {frm} WHERE {where}")
 
     # updates: a target's value differs from the golden one
     for field, rule in rules.fields.items():
         for target, action in rule.targets.items():
-            cond = (f"m.source_system = {_lit(target)} AND g.{q(field)} IS NOT NULL "
+            cond = (f"m.source_system = {literal(target)} AND g.{q(field)} IS NOT NULL "
                     f"AND NOT {_same(field, rule, d.type_of(field))}")
             parts.append(row(
                 target, action, "m.source_key", field, f"CAST(m.{q(field)} AS VARCHAR)",
@@ -350,9 +345,9 @@ def build_plan(domain: str, matched: pa.Table, golden: pa.Table, config: Config,
     for target, create in rules.create_in.items():
         em = config.systems.entity(target, domain)
         new_key = "g.golden_id"  # create_key: golden_id (validated in config)
-        missing = (f"NOT list_contains(g.systems, {_lit(target)})"
+        missing = (f"NOT list_contains(g.systems, {literal(target)})"
                    + ("" if d.natural_key else " AND NOT g.keyed")
-                   + (" AND g.role IN (" + ", ".join(_lit(r) for r in create.roles) + ")" if create.roles else ""))
+                   + (" AND g.role IN (" + ", ".join(literal(r) for r in create.roles) + ")" if create.roles else ""))
         for field in em.fields:
             if field in ("match_key", "parent_key") or field in d.natural_key:
                 continue
@@ -367,23 +362,23 @@ def build_plan(domain: str, matched: pa.Table, golden: pa.Table, config: Config,
                 "coalesce(pk.source_key, g.parent_golden_id)", "NULL",
                 f"{domain}.create_in.{target}", create.severity,
                 f"golden g LEFT JOIN ({keys}) pk ON pk.golden_id = g.parent_golden_id "
-                f"AND pk.source_system = {_lit(target)}",
+                f"AND pk.source_system = {literal(target)}",
                 f"{missing} AND g.parent_golden_id IS NOT NULL"))
 
     # cross-references: the referring system should carry the referred system's key
     if rules.xref:
         x = rules.xref
-        will_create = (f"(NOT list_contains(g.systems, {_lit(x.refers_to)}) AND NOT g.keyed AND "
-                       + (f"g.role IN ({', '.join(_lit(r) for r in rules.create_in[x.refers_to].roles or [])})"
+        will_create = (f"(NOT list_contains(g.systems, {literal(x.refers_to)}) AND NOT g.keyed AND "
+                       + (f"g.role IN ({', '.join(literal(r) for r in rules.create_in[x.refers_to].roles or [])})"
                           if x.refers_to in rules.create_in and rules.create_in[x.refers_to].roles
                           else ("TRUE" if x.refers_to in rules.create_in else "FALSE")) + ")")
         desired = f"coalesce(k.source_key, CASE WHEN {will_create} THEN g.golden_id END)"
         parts.append(row(
-            x.system, "update", "m.source_key", "match_key", "m.match_key", desired, _lit(x.refers_to),
+            x.system, "update", "m.source_key", "match_key", "m.match_key", desired, literal(x.refers_to),
             f"{domain}.xref: {x.system} carries the {x.refers_to} key", x.severity,
             f"matched m JOIN golden g USING (golden_id) LEFT JOIN ({keys}) k "
-            f"ON k.golden_id = g.golden_id AND k.source_system = {_lit(x.refers_to)}",
-            f"m.source_system = {_lit(x.system)} AND {desired} IS NOT NULL "
+            f"ON k.golden_id = g.golden_id AND k.source_system = {literal(x.refers_to)}",
+            f"m.source_system = {literal(x.system)} AND {desired} IS NOT NULL "
             f"AND m.match_key IS DISTINCT FROM {desired} AND (m.match_key IS NULL OR k.source_key IS NOT NULL)"))
 
     # tombstones: a record deleted in its system deactivates its counterparts (never a delete),
@@ -393,11 +388,11 @@ def build_plan(domain: str, matched: pa.Table, golden: pa.Table, config: Config,
         for target in tomb.deactivate_in:
             parts.append(row(
                 target, "deactivate", "m.source_key", tomb.field, f"CAST(m.{f} AS VARCHAR)", "'false'",
-                _lit(src), f"{domain}.tombstone: deleted in {src}", tomb.severity,
+                literal(src), f"{domain}.tombstone: deleted in {src}", tomb.severity,
                 "(SELECT DISTINCT source_system, match_key FROM tombstones) t "
                 "JOIN matched m ON m.match_key = t.match_key JOIN golden g ON g.golden_id = m.golden_id",
-                f"t.source_system = {_lit(src)} AND m.source_system = {_lit(target)} AND m.{f} IS TRUE "
-                f"AND NOT m.held AND NOT list_contains(g.systems, {_lit(src)})"))
+                f"t.source_system = {literal(src)} AND m.source_system = {literal(target)} AND m.{f} IS TRUE "
+                f"AND NOT m.held AND NOT list_contains(g.systems, {literal(src)})"))
 
     if not parts:
         return PLAN_SCHEMA.empty_table()

@@ -1,0 +1,157 @@
+"""The Dagster nightly end to end (`trueup run`) at a benchmark size, on SQLite + files or on
+PostgreSQL + MariaDB, with its wall time, each step's time and the peak memory.
+
+    uv run python bench/nightly.py --size large                     # ERP SQLite, WMS files
+    uv run python bench/nightly.py --size large --backend servers   # ERP PostgreSQL, WMS MariaDB
+
+`sqlite` copies bench/landscape.py's cached landscape into a fresh home. `servers` builds the same
+landscape (same seed, sizes and day) with the ERP in PostgreSQL and the WMS as MariaDB tables
+(`config/profiles/servers`), into the database `trueup_bench` on each server (replaced: a run
+writes its corrections back, so every measured run starts from a fresh load; loading the large
+size takes minutes and is not timed). The CRM is the sandbox over HTTP in both. Server URLs come
+from TRUEUP_BENCH_PG_URL / TRUEUP_BENCH_MARIADB_URL (default: the local servers, trust auth).
+
+Memory is the run's process tree (trueup and the CRM sandbox it starts), RSS summed and read from
+/proc every second; the per-step figures come from the Dagster instance's step stats. Prints a
+table and writes bench/out/nightly_<backend>_<size>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.landscape import OUT, TODAY, landscape, sizes  # noqa: E402
+
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+MARIADB = "mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4"
+DATABASE = "trueup_bench"
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(d))
+        rss[int(d)] = int(fields[21]) * PAGE
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0)
+        todo += children.get(p, [])
+    return total
+
+
+def _fresh_database(admin_url: str, kind: str) -> str:
+    """An empty `trueup_bench` database on that server (dropped first if there); its URL."""
+    import sqlalchemy as sa
+
+    admin = sa.engine.make_url(admin_url)
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as c:
+        if kind == "postgresql":
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
+            c.execute(sa.text(f'CREATE DATABASE "{DATABASE}" ENCODING \'UTF8\' TEMPLATE template0'))
+        else:
+            c.execute(sa.text(f"DROP DATABASE IF EXISTS `{DATABASE}`"))
+            c.execute(sa.text(f"CREATE DATABASE `{DATABASE}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+    engine.dispose()
+    return admin.set(database=DATABASE).render_as_string(hide_password=False)
+
+
+def prepare(size: str, backend: str, home: Path) -> dict[str, str]:
+    """A fresh home with the landscape; the environment the run needs (server URLs, profile)."""
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    if backend == "sqlite":
+        shutil.copytree(landscape(size), home / "demo")
+        return {}
+    from sandbox.generator import Backends, build
+
+    erp = _fresh_database(os.environ.get("TRUEUP_BENCH_PG_URL", PG), "postgresql")
+    wms = _fresh_database(os.environ.get("TRUEUP_BENCH_MARIADB_URL", MARIADB), "mariadb")
+    t = time.perf_counter()
+    build(home / "demo", seed=7, today=TODAY, sizes=sizes(size),
+          backends=Backends(erp_url=erp, wms_kind="sql", wms_url=wms))
+    print(f"loaded the {size} landscape into PostgreSQL and MariaDB in {time.perf_counter() - t:.0f} s", flush=True)
+    return {"TRUEUP_CONFIG_DIR": str(REPO / "config" / "profiles" / "servers"),
+            "TRUEUP_ERP_URL": erp, "TRUEUP_WMS_URL": wms}
+
+
+def run(home: Path, env: dict[str, str]) -> dict:
+    """`trueup run` in its own process; wall time, peak tree RSS, the run id."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "--home", str(home), "run"], cwd=REPO,
+                            env={**os.environ, **env, "DAGSTER_HOME": str(home / "dagster")},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak, done = [0], threading.Event()
+
+    def poll() -> None:
+        while not done.wait(1.0):
+            peak[0] = max(peak[0], _tree_rss(proc.pid))
+
+    t0 = time.perf_counter()
+    threading.Thread(target=poll, daemon=True).start()
+    out = proc.communicate()[0]
+    wall = time.perf_counter() - t0
+    done.set()
+    (home / "run.log").write_text(out)
+    m = re.search(r"^run (\S+) (succeeded|FAILED) in ([\d.]+)s", out, re.M)
+    if proc.returncode != 0 or not m:
+        raise SystemExit(f"the nightly failed (exit {proc.returncode}); the last lines:\n{out[-3000:]}")
+    return {"run_id": m.group(1), "job_seconds": float(m.group(3)), "process_seconds": round(wall, 1),
+            "peak_rss_mb": round(peak[0] / 2**20)}
+
+
+def step_seconds(home: Path, run_id: str) -> dict[str, float]:
+    """Each step's duration, from the run's Dagster instance."""
+    os.environ["DAGSTER_HOME"] = str(home / "dagster")
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        return {s.step_key: round(s.end_time - s.start_time, 1)
+                for s in instance.get_run_step_stats(run_id) if s.end_time and s.start_time}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=["small", "medium", "large"], default="large")
+    p.add_argument("--backend", choices=["sqlite", "servers"], default="sqlite")
+    p.add_argument("--home", help="where the run's home goes (default bench/out/nightly/<backend>_<size>)")
+    args = p.parse_args()
+    home = Path(args.home or OUT / "nightly" / f"{args.backend}_{args.size}")
+    env = prepare(args.size, args.backend, home)
+    res = run(home, env)
+    steps = step_seconds(home, res["run_id"])
+    res.update(size=args.size, backend=args.backend, cores=os.cpu_count(), load_before=os.getloadavg()[0],
+               steps=steps)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"nightly_{args.backend}_{args.size}.json").write_text(json.dumps(res, indent=2))
+    print(f"\nthe nightly at {args.size} on {args.backend}: {res['job_seconds']} s for the job "
+          f"({res['process_seconds']} s with start-up), peak RSS {res['peak_rss_mb']} MiB (process tree)")
+    print("\n| step | seconds |\n|---|---:|")
+    for k, v in sorted(steps.items(), key=lambda kv: -kv[1])[:15]:
+        print(f"| {k} | {v} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -59,7 +59,7 @@ class RestSystem:
     """One REST system as trueup sees it. The token is passed in, never read here or logged."""
 
     def __init__(self, name: str, base_url: str, config: SystemConfig, *, token: str | None = None,
-                 page_size: int = 500, write_batch: int = 200, max_attempts: int = 6,
+                 page_size: int = 1000, write_batch: int = 200, max_attempts: int = 6,
                  backoff_initial: float = 0.05, backoff_max: float = 5.0, timeout: float = 30.0,
                  in_flight: int = 4, transport: httpx.BaseTransport | None = None):
         self.name = name

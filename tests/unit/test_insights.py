@@ -149,22 +149,29 @@ def test_match_rate_counts_records_in_clusters_across_systems_and_lists_the_ones
         # G1 spans three systems, G3 two, G2 only the ERP (twice over), B and C have no cluster,
         # 3 and D are held
         "golden_id": ["G1", "G1", "G1", "G2", None, None, "G2", "G1", "G3", "G3"],
-        "held": [False, False, False, False, False, False, True, True, False, False]})}
+        "held": [False, False, False, False, False, False, True, True, False, False]}),
+        # another domain's golden ids may read the same: G1 here is not the customers' G1
+        "product": pa.table({"source_system": ["erp", "crm", "erp"], "source_key": ["P1", "P1", "P2"],
+                             "golden_id": ["G1", "G1", "G9"], "held": [False, False, False]})}
     if source == "parquet":
-        pq.write_table(matched["customer"], tmp_path / "customer_matched.parquet")
-        matched = {"customer": tmp_path / "customer_matched.parquet"}
+        for d in list(matched):
+            pq.write_table(matched[d], tmp_path / f"{d}_matched.parquet")
+            matched[d] = tmp_path / f"{d}_matched.parquet"
     facts = insights.RunFacts(run_id="r1", at=datetime.now(timezone.utc), dry_run=False, outcomes=_outcomes([]),
                               matched=matched, golden={}, quarantined=None, extracts=None, history=None,
                               previous_runs=None)
     figures, headline, _ = insights.build(facts)
     fig = figures["match_rate"]
-    assert fig.data.to_pylist() == [{"domain": "customer", "records": 10, "matched": 5, "held": 2,
-                                     "match_rate": 0.5}]
-    assert headline["match_rate"] == 0.5
+    assert fig.data.to_pylist() == [
+        {"domain": "customer", "records": 10, "matched": 5, "held": 2, "match_rate": 0.5},
+        {"domain": "product", "records": 3, "matched": 2, "held": 0, "match_rate": 0.6667}]
+    assert headline["match_rate"] == round(7 / 13, 4)
     # held D is not matched, though its cluster spans the three systems
-    assert [(r["source_key"], r["systems_in_cluster"], r["held"]) for r in fig.rows.to_pylist()] == [
-        ("B", 0, False), ("C", 0, False), ("D", 3, True), ("2", 1, False), ("3", 1, True)]
+    assert [(r["domain"], r["source_key"], r["systems_in_cluster"], r["held"]) for r in fig.rows.to_pylist()] == [
+        ("customer", "B", 0, False), ("customer", "C", 0, False), ("customer", "D", 3, True),
+        ("customer", "2", 1, False), ("customer", "3", 1, True), ("product", "P2", 1, False)]
     assert not any(fig.rows.column("matched").to_pylist())
-    agree = {r["system"]: r["records"] for r in figures["agreement"].data.to_pylist()}
-    assert agree == {"crm": 4, "erp": 3, "wms": 1}  # the held record is not counted
+    agree = {(r["domain"], r["system"]): r["records"] for r in figures["agreement"].data.to_pylist()}
+    assert agree == {("customer", "crm"): 4, ("customer", "erp"): 3, ("customer", "wms"): 1,  # held: not counted
+                     ("product", "crm"): 1, ("product", "erp"): 2}
 

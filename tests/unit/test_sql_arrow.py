@@ -93,3 +93,20 @@ def test_sqlite_columns_that_start_null_stay_on_the_fast_path(tmp_path):
     assert rows["C1"] == {"k": "C1", "parent": None, "valid_to": None, "qty": 1}
     assert rows["C4999"]["parent"] == "P4999" and rows["C4999"]["valid_to"] == "2027-01-31"
     assert rows["Z"]["parent"] == "12345" and rows["Z"]["qty"] == 7
+
+
+def test_a_sqlite_database_in_wal_mode_is_read_as_this_process_last_wrote_it(tmp_path):
+    """ADBC's own SQLite library misses the log pages this process's connections wrote: such a
+    database is read through the cursor, and the read sees the committed update."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'wal.sqlite'}")
+    t = sa.table("t", sa.column("k"), sa.column("a"))
+    with engine.begin() as c:
+        c.exec_driver_sql("PRAGMA journal_mode=WAL")
+        c.exec_driver_sql("CREATE TABLE t (k TEXT PRIMARY KEY, a INTEGER)")
+        c.exec_driver_sql("INSERT INTO t VALUES ('x', 1)")
+    assert read_arrow(engine, sa.select(t)).table.to_pylist() == [{"k": "x", "a": 1}]
+    with engine.begin() as c:  # the engine's pooled connection stays open: the log is not checkpointed
+        c.exec_driver_sql("UPDATE t SET a = 2")
+    got = read_arrow(engine, sa.select(t))
+    assert got.method == "cursor" and got.table.to_pylist() == [{"k": "x", "a": 2}]
+    engine.dispose()

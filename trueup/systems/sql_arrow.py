@@ -61,6 +61,8 @@ def fast_method(engine: sa.Engine) -> str | None:
             return "adbc"
         if d == "sqlite" and engine.url.database not in (None, "", ":memory:"):
             import adbc_driver_sqlite.dbapi  # noqa: F401
+            if _sqlite_wal(engine):
+                return None
             return "adbc"
         if d == "mysql":
             import connectorx  # noqa: F401
@@ -68,6 +70,15 @@ def fast_method(engine: sa.Engine) -> str | None:
     except ImportError:
         return None
     return None
+
+
+def _sqlite_wal(engine: sa.Engine) -> bool:
+    """Whether the SQLite database keeps a write-ahead log. ADBC's driver carries its own SQLite
+    library, which does not see the log pages this process's own connections (Python's sqlite3,
+    through SQLAlchemy) wrote and have not checkpointed: it read the rows as they were before a
+    committed update. Such a database is read through the engine's cursor."""
+    with engine.connect() as c:
+        return str(c.exec_driver_sql("PRAGMA journal_mode").scalar()).lower() == "wal"
 
 
 def read_arrow(engine: sa.Engine, stmt: sa.Executable, *, method: str | None = None,

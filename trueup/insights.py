@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -50,6 +50,7 @@ MASK_MACRO = """CREATE OR REPLACE MACRO mask(fld, v) AS CASE
     ELSE v END"""
 
 CLUSTER_SHARE_ROWS = 4_000_000  # matched records grouped into clusters at once
+CLOSED_WINDOW = timedelta(days=30)  # mean_days_to_close: over the discrepancies closed this long back
 
 DISCREPANCY_KEY_SQL = "md5(domain || '|' || target_system || '|' || action || '|' || target_key || '|' || field)"
 
@@ -77,12 +78,15 @@ class RunFacts:
     golden: dict[str, pa.Table | Path]  # price, inventory, product golden records (or their Parquet)
     quarantined: pa.Table  # the state store's quarantine rows of this run
     extracts: pa.Table  # the state store's extracts rows of this run (data age)
-    history: pa.Table  # discrepancy_history after tracking this run
+    history: pa.Table  # discrepancy_history after tracking this run: at least the open and the just closed
     previous_runs: pa.Table  # the runs table (summary JSON per run)
     settings: ReportSettings = field(default_factory=ReportSettings)
     freshness_hours: dict[str, float] = field(default_factory=dict)  # system -> SLA
     review_queue: pa.Table | None = None  # the matching review queue, when that table exists
     dead_letters: pa.Table | None = None  # write-back dead letters, when that table exists
+    # per domain, mean days to close over CLOSED_WINDOW, as the state store aggregates it (then
+    # `history` need not hold the closed ones); None: computed from `history`
+    days_to_close: dict[str, float] | None = None
 
 
 def _conform(table: pa.Table | None, columns: dict[str, pa.DataType]) -> pa.Table:
@@ -347,7 +351,7 @@ def build(facts: RunFacts) -> tuple[dict[str, Figure], dict, pa.Table]:
 
     headline = _headline(con, facts, figs)
     figs["trend"] = _trend(facts, headline)
-    kpis = _kpis(con, figs, headline)
+    kpis = _kpis(con, figs, headline, facts.days_to_close)
     con.close()
     return figs, headline, kpis
 
@@ -434,7 +438,7 @@ def _trend(facts: RunFacts, headline: dict) -> Figure:
                   "run (oldest left). Getting better means the lines go down.", long, table)
 
 
-def _kpis(con, figs: dict[str, Figure], headline: dict) -> pa.Table:
+def _kpis(con, figs: dict[str, Figure], headline: dict, days_to_close: dict[str, float] | None) -> pa.Table:
     """The figures kept over time, one row per (domain, system, kpi)."""
     rows = []
     for r in figs["agreement"].data.to_pylist():
@@ -457,9 +461,12 @@ def _kpis(con, figs: dict[str, Figure], headline: dict) -> pa.Table:
                             FROM h WHERE closed_at IS NULL GROUP BY ALL""").fetchall():
         rows.append({"domain": r[0], "system": "", "kpi": "open_discrepancies", "value": r[1]})
         rows.append({"domain": r[0], "system": "", "kpi": "oldest_open_days", "value": r[2]})
-    closed = con.execute("""SELECT domain, avg(date_diff('second', first_seen_at, closed_at) / 86400.0)
-                            FROM h WHERE closed_at IS NOT NULL GROUP BY ALL""").fetchall()
-    for d, v in closed:
+    # over the last CLOSED_WINDOW: the KPI follows how fast things get fixed now
+    if days_to_close is None:
+        days_to_close = dict(con.execute(f"""SELECT domain, avg(date_diff('second', first_seen_at, closed_at) / 86400.0)
+                                FROM h WHERE closed_at >= getvariable('run_at') - INTERVAL {CLOSED_WINDOW.days} DAY
+                                GROUP BY ALL""").fetchall())
+    for d, v in sorted(days_to_close.items()):
         rows.append({"domain": d, "system": "", "kpi": "mean_days_to_close", "value": v})
     for k in ("applied", "failed", "pending_approval", "quarantined_rows"):
         rows.append({"domain": "", "system": "", "kpi": k, "value": headline[k]})

@@ -147,7 +147,7 @@ def exception_report(store, warehouse, config, summary: dict, outcomes: pa.Table
                      *, domains: list[str], full_run: bool = True, at=None) -> tuple[Path, dict, dict]:
     """The run's HTML exception report with the rows behind every chart, the discrepancy history
     and KPIs kept in the state store. Returns (report.html path, headline numbers, figures)."""
-    from datetime import datetime, timezone
+    from datetime import datetime, timedelta, timezone
 
     from trueup import htmlreport, insights
 
@@ -160,7 +160,10 @@ def exception_report(store, warehouse, config, summary: dict, outcomes: pa.Table
     facts = insights.RunFacts(
         run_id=run_id, at=at, dry_run=summary["dry_run"], outcomes=outcomes, matched=matched, golden=golden,
         quarantined=store.quarantined(run_id), extracts=store.extracts(run_id),
-        history=store.discrepancy_history(),
+        # open and just closed: the closed ones pile up with every nightly; their KPI is aggregated
+        # by the store
+        history=store.discrepancy_history(closed_since=at - timedelta(seconds=1)),
+        days_to_close=store.mean_days_to_close(at - insights.CLOSED_WINDOW),
         previous_runs=store.runs(), settings=config.settings.report,
         freshness_hours={s: f.max_age_hours for s, f in config.settings.freshness.items()},
         review_queue=_first_table(store, REVIEW_QUEUE_TABLES, run_id),

@@ -59,6 +59,41 @@ def test_discrepancy_key_ignores_the_new_value_and_history_tracks_first_last_see
     assert h["phone"]["closed_at"] is None and h["phone"]["first_seen_run"] == "r4" and h["phone"]["runs_seen"] == 1
 
 
+def test_a_report_reads_open_and_just_closed_discrepancies_and_the_store_aggregates_days_to_close(db_url):
+    """Closed discrepancies pile up with every nightly: a report reads the open ones and those
+    just closed, and the mean days to close (over insights.CLOSED_WINDOW) is aggregated by the
+    store on SQLite, PostgreSQL and MariaDB alike."""
+    store = StateStore(db_url)
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    rows = _outcomes([{"target_key": "C1", "field": "city"}, {"target_key": "C2", "field": "phone"},
+                      {"target_key": "C3", "field": "email"}])
+    keys = insights.discrepancy_keys(rows)
+    by_field = {r["field"]: i for i, r in enumerate(keys.to_pylist())}
+    store.track_discrepancies("r1", keys, at=t0)
+    store.track_discrepancies("r2", keys.take([by_field["city"], by_field["email"]]), at=t0 + timedelta(days=2))
+    at = t0 + timedelta(days=40, hours=12)
+    store.track_discrepancies("r3", keys.take([by_field["city"]]), at=at)  # email closed now
+    read = store.discrepancy_history(closed_since=at - timedelta(seconds=1))
+    assert sorted(read.column("field").to_pylist()) == ["city", "email"]  # phone was closed 38 days back
+    assert store.discrepancy_history().num_rows == 3  # all of it is kept
+    days = store.mean_days_to_close(at - insights.CLOSED_WINDOW)
+    assert days.keys() == {"customer"} and abs(days["customer"] - 40.5) < 1e-6  # phone's 2 days: out of it
+    assert abs(store.mean_days_to_close(t0)["customer"] - (40.5 + 2) / 2) < 1e-6
+    facts = insights.RunFacts(run_id="r3", at=at, dry_run=False, outcomes=_outcomes([]), matched={}, golden={},
+                              quarantined=None, extracts=None, history=read, previous_runs=None,
+                              days_to_close=days)
+    _, _, kpis = insights.build(facts)
+    close = {r["domain"]: r["value"] for r in kpis.to_pylist() if r["kpi"] == "mean_days_to_close"}
+    assert close.keys() == {"customer"} and abs(close["customer"] - 40.5) < 1e-6
+    open_ = {r["kpi"]: r["value"] for r in kpis.to_pylist() if r["domain"] == "customer"}
+    assert open_["open_discrepancies"] == 1  # city
+    # without the store's figure it is computed from the history handed over, over the same window
+    facts.history, facts.days_to_close = store.discrepancy_history(), None
+    _, _, kpis = insights.build(facts)
+    close = {r["domain"]: r["value"] for r in kpis.to_pylist() if r["kpi"] == "mean_days_to_close"}
+    assert close.keys() == {"customer"} and abs(close["customer"] - 40.5) < 1e-6
+
+
 def test_report_figures_mask_emails_phones_and_tax_ids():
     email, phone, tax = "jane.doe@example.com", "+15125550100", "DE123456789"
     out = _outcomes([{"field": "email", "old_value": "old.name@example.com", "new_value": email},

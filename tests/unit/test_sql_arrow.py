@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pyarrow as pa
+import pytest
 import sqlalchemy as sa
 
 from trueup.systems.sql_arrow import normalize, read_arrow, rows_to_arrow, unify
@@ -96,8 +97,9 @@ def test_sqlite_columns_that_start_null_stay_on_the_fast_path(tmp_path):
 
 
 def test_a_sqlite_database_in_wal_mode_is_read_as_this_process_last_wrote_it(tmp_path):
-    """ADBC's own SQLite library misses the log pages this process's connections wrote: such a
-    database is read through the cursor, and the read sees the committed update."""
+    """ADBC's own copy of SQLite, beside this process's connections to a WAL-mode database, read
+    a committed update's old rows and on closing deleted the log under them: such a database is
+    read through the cursor (and an ADBC read asked for by name is refused)."""
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'wal.sqlite'}")
     t = sa.table("t", sa.column("k"), sa.column("a"))
     with engine.begin() as c:
@@ -109,4 +111,10 @@ def test_a_sqlite_database_in_wal_mode_is_read_as_this_process_last_wrote_it(tmp
         c.exec_driver_sql("UPDATE t SET a = 2")
     got = read_arrow(engine, sa.select(t))
     assert got.method == "cursor" and got.table.to_pylist() == [{"k": "x", "a": 2}]
+    with pytest.raises(ValueError, match="WAL"):
+        read_arrow(engine, sa.select(t), method="adbc")
+    with engine.begin() as c:  # the log is still there for the next commit
+        c.exec_driver_sql("UPDATE t SET a = 3")
+    assert (tmp_path / "wal.sqlite-wal").exists()
+    assert read_arrow(engine, sa.select(t)).table.to_pylist() == [{"k": "x", "a": 3}]
     engine.dispose()

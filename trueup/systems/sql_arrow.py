@@ -25,6 +25,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -61,9 +62,7 @@ def fast_method(engine: sa.Engine) -> str | None:
             return "adbc"
         if d == "sqlite" and engine.url.database not in (None, "", ":memory:"):
             import adbc_driver_sqlite.dbapi  # noqa: F401
-            if _sqlite_wal(engine):
-                return None
-            return "adbc"
+            return None if _sqlite_wal(engine) is not False else "adbc"
         if d == "mysql":
             import connectorx  # noqa: F401
             return "connectorx"
@@ -72,13 +71,20 @@ def fast_method(engine: sa.Engine) -> str | None:
     return None
 
 
-def _sqlite_wal(engine: sa.Engine) -> bool:
-    """Whether the SQLite database keeps a write-ahead log. ADBC's driver carries its own SQLite
-    library, which does not see the log pages this process's own connections (Python's sqlite3,
-    through SQLAlchemy) wrote and have not checkpointed: it read the rows as they were before a
-    committed update. Such a database is read through the engine's cursor."""
-    with engine.connect() as c:
-        return str(c.exec_driver_sql("PRAGMA journal_mode").scalar()).lower() == "wal"
+def _sqlite_wal(engine: sa.Engine) -> bool | None:
+    """Whether the SQLite database keeps a write-ahead log (None: no such file, or it could not be
+    asked). ADBC's driver carries its own copy of SQLite, and two copies in one process do not see
+    each other's file locks: in a process whose own connections (Python's sqlite3, through
+    SQLAlchemy) have the database open, ADBC's copy read a committed update's old rows, then on
+    closing took itself for the last connection and checkpointed and deleted the log under the
+    others, whose next commit was then lost. Such a database is read through the engine's cursor."""
+    if not Path(engine.url.database).exists():
+        return None
+    try:
+        with engine.connect() as c:
+            return str(c.exec_driver_sql("PRAGMA journal_mode").scalar()).lower() == "wal"
+    except sa.exc.DBAPIError:
+        return None
 
 
 def read_arrow(engine: sa.Engine, stmt: sa.Executable, *, method: str | None = None,
@@ -100,6 +106,9 @@ def read_arrow(engine: sa.Engine, stmt: sa.Executable, *, method: str | None = N
             sql = str(stmt.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": False}))
             if has_params:
                 raise ValueError("the Arrow-native paths run only statements without values")
+            if method == "adbc" and dialect_of(engine) == "sqlite" and _sqlite_wal(engine) is not False:
+                raise ValueError("a SQLite database in WAL mode (or one that could not be asked) is read "
+                                 "through the cursor: ADBC's own SQLite library would lose this process's writes")
             if chosen == "adbc" and table and dialect_of(engine) == "postgresql" and isinstance(stmt, sa.Select):
                 got, parts = _read_adbc_postgres_parallel(engine, stmt, table, readers)
                 return ArrowRead(normalize(got), "adbc" if parts == 1 else f"adbc x{parts}")

@@ -38,6 +38,9 @@ PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 MARIADB = "mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4"
 DATABASE = "trueup_bench"
 PAGE = os.sysconf("SC_PAGE_SIZE")
+MARKER = ".trueup-bench-nightly"  # a home this script made: the only kind it replaces
+# what would change what is measured if left in the caller's shell
+RUN_SETTINGS = ("TRUEUP_ERP_URL", "TRUEUP_WMS_URL", "TRUEUP_CONFIG_DIR", "TRUEUP_EXECUTOR", "DAGSTER_HOME")
 
 
 def _tree_rss(pid: int) -> int:
@@ -81,8 +84,12 @@ def _fresh_database(admin_url: str, kind: str) -> str:
 
 def prepare(size: str, backend: str, home: Path) -> dict[str, str]:
     """A fresh home with the landscape; the environment the run needs (server URLs, profile)."""
-    shutil.rmtree(home, ignore_errors=True)
+    if home.exists():
+        if not (home / MARKER).exists():
+            raise SystemExit(f"{home} exists and this script did not make it: give another --home")
+        shutil.rmtree(home)
     home.mkdir(parents=True)
+    (home / MARKER).write_text("")
     if backend == "sqlite":
         shutil.copytree(landscape(size), home / "demo")
         return {}
@@ -100,8 +107,9 @@ def prepare(size: str, backend: str, home: Path) -> dict[str, str]:
 
 def run(home: Path, env: dict[str, str]) -> dict:
     """`trueup run` in its own process; wall time, peak tree RSS, the run id."""
+    base = {k: v for k, v in os.environ.items() if k not in RUN_SETTINGS}
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "--home", str(home), "run"], cwd=REPO,
-                            env={**os.environ, **env, "DAGSTER_HOME": str(home / "dagster")},
+                            env={**base, **env, "TRUEUP_EXECUTOR": "in_process", "DAGSTER_HOME": str(home / "dagster")},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak, done = [0], threading.Event()
 
@@ -139,10 +147,11 @@ def main() -> None:
     p.add_argument("--home", help="where the run's home goes (default bench/out/nightly/<backend>_<size>)")
     args = p.parse_args()
     home = Path(args.home or OUT / "nightly" / f"{args.backend}_{args.size}")
+    load = os.getloadavg()[0]
     env = prepare(args.size, args.backend, home)
     res = run(home, env)
     steps = step_seconds(home, res["run_id"])
-    res.update(size=args.size, backend=args.backend, cores=os.cpu_count(), load_before=os.getloadavg()[0],
+    res.update(size=args.size, backend=args.backend, cores=os.cpu_count(), load_before=load,
                steps=steps)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"nightly_{args.backend}_{args.size}.json").write_text(json.dumps(res, indent=2))

@@ -160,8 +160,8 @@ def exception_report(store, warehouse, config, summary: dict, outcomes: pa.Table
     facts = insights.RunFacts(
         run_id=run_id, at=at, dry_run=summary["dry_run"], outcomes=outcomes, matched=matched, golden=golden,
         quarantined=store.quarantined(run_id), extracts=store.extracts(run_id),
-        # open and just closed: the closed ones pile up with every nightly; their KPI is aggregated
-        # by the store
+        # open and just closed (every discrepancy ever corrected keeps its row; their KPI is
+        # aggregated by the store). A second's margin: MariaDB keeps whole seconds
         history=store.discrepancy_history(closed_since=at - timedelta(seconds=1)),
         days_to_close=store.mean_days_to_close(at - insights.CLOSED_WINDOW),
         previous_runs=store.runs(), settings=config.settings.report,

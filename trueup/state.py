@@ -862,8 +862,8 @@ class StateStore:
 
     def discrepancy_history(self, open_only: bool = False, closed_since: datetime | None = None) -> pa.Table:
         """Discrepancies by key: every one ever seen, or the open ones (`open_only`), or the open
-        ones and those closed since `closed_since` (what a report reads: the closed ones pile up
-        with every nightly, ~440,000 a night at the large size)."""
+        ones and those closed since `closed_since` (what a report reads: every discrepancy ever
+        corrected keeps its row, 443,014 keys after one large nightly)."""
         h = discrepancy_history.c
         stmt = sa.select(discrepancy_history)
         if open_only:
@@ -881,8 +881,10 @@ class StateStore:
             days = sa.func.julianday(h.closed_at) - sa.func.julianday(h.first_seen_at)
         elif dialect == "postgresql":
             days = sa.extract("epoch", h.closed_at - h.first_seen_at) / 86400.0
-        else:  # MySQL / MariaDB
+        elif dialect in ("mysql", "mariadb"):
             days = sa.func.timestampdiff(sa.text("MICROSECOND"), h.first_seen_at, h.closed_at) / 86400e6
+        else:
+            raise NotImplementedError(f"mean days to close on {dialect}: SQLite, PostgreSQL or MySQL/MariaDB")
         stmt = (sa.select(h.domain, sa.func.avg(days)).where(h.closed_at.is_not(None), h.closed_at >= since)
                 .group_by(h.domain))
         with self.engine.connect() as c:

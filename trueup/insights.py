@@ -84,8 +84,8 @@ class RunFacts:
     freshness_hours: dict[str, float] = field(default_factory=dict)  # system -> SLA
     review_queue: pa.Table | None = None  # the matching review queue, when that table exists
     dead_letters: pa.Table | None = None  # write-back dead letters, when that table exists
-    # per domain, mean days to close over CLOSED_WINDOW, as the state store aggregates it (then
-    # `history` need not hold the closed ones); None: computed from `history`
+    # per domain, mean days to close over CLOSED_WINDOW, as the state store aggregates it (so
+    # `history` need not hold the closed ones); None: no such KPI
     days_to_close: dict[str, float] | None = None
 
 
@@ -461,12 +461,7 @@ def _kpis(con, figs: dict[str, Figure], headline: dict, days_to_close: dict[str,
                             FROM h WHERE closed_at IS NULL GROUP BY ALL""").fetchall():
         rows.append({"domain": r[0], "system": "", "kpi": "open_discrepancies", "value": r[1]})
         rows.append({"domain": r[0], "system": "", "kpi": "oldest_open_days", "value": r[2]})
-    # over the last CLOSED_WINDOW: the KPI follows how fast things get fixed now
-    if days_to_close is None:
-        days_to_close = dict(con.execute(f"""SELECT domain, avg(date_diff('second', first_seen_at, closed_at) / 86400.0)
-                                FROM h WHERE closed_at >= getvariable('run_at') - INTERVAL {CLOSED_WINDOW.days} DAY
-                                GROUP BY ALL""").fetchall())
-    for d, v in sorted(days_to_close.items()):
+    for d, v in sorted((days_to_close or {}).items()):
         rows.append({"domain": d, "system": "", "kpi": "mean_days_to_close", "value": v})
     for k in ("applied", "failed", "pending_approval", "quarantined_rows"):
         rows.append({"domain": "", "system": "", "kpi": k, "value": headline[k]})

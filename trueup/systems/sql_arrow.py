@@ -62,7 +62,7 @@ def fast_method(engine: sa.Engine) -> str | None:
             return "adbc"
         if d == "sqlite" and engine.url.database not in (None, "", ":memory:"):
             import adbc_driver_sqlite.dbapi  # noqa: F401
-            return None if _sqlite_wal(engine) is not False else "adbc"
+            return "adbc"
         if d == "mysql":
             import connectorx  # noqa: F401
             return "connectorx"
@@ -101,14 +101,16 @@ def read_arrow(engine: sa.Engine, stmt: sa.Executable, *, method: str | None = N
     compiled = stmt.compile(dialect=engine.dialect)
     has_params = bool(compiled.params) and any(v is not None for v in compiled.params.values())
     chosen = method or (None if has_params else fast_method(engine))
+    if chosen == "adbc" and dialect_of(engine) == "sqlite" and _sqlite_wal(engine) is not False:
+        if method:
+            raise ValueError("a SQLite database in WAL mode (or one that could not be asked) is read through "
+                             "the cursor: ADBC's own SQLite library would lose this process's writes")
+        chosen = None
     if chosen and chosen != "cursor":
         try:
             sql = str(stmt.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": False}))
             if has_params:
                 raise ValueError("the Arrow-native paths run only statements without values")
-            if method == "adbc" and dialect_of(engine) == "sqlite" and _sqlite_wal(engine) is not False:
-                raise ValueError("a SQLite database in WAL mode (or one that could not be asked) is read "
-                                 "through the cursor: ADBC's own SQLite library would lose this process's writes")
             if chosen == "adbc" and table and dialect_of(engine) == "postgresql" and isinstance(stmt, sa.Select):
                 got, parts = _read_adbc_postgres_parallel(engine, stmt, table, readers)
                 return ArrowRead(normalize(got), "adbc" if parts == 1 else f"adbc x{parts}")

@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.landscape import OUT, TODAY, landscape, sizes  # noqa: E402
 
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-MARIADB = "mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4"
+from sandbox.databases import MARIADB_ADMIN, PG_ADMIN, create_database, drop_database  # noqa: E402
+
 DATABASE = "trueup_bench"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MARKER = ".trueup-bench-nightly"  # a home this script made: the only kind it replaces
@@ -72,12 +72,8 @@ def _fresh_database(admin_url: str, kind: str) -> str:
     admin = sa.engine.make_url(admin_url)
     engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
     with engine.connect() as c:
-        if kind == "postgresql":
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
-            c.execute(sa.text(f'CREATE DATABASE "{DATABASE}" ENCODING \'UTF8\' TEMPLATE template0'))
-        else:
-            c.execute(sa.text(f"DROP DATABASE IF EXISTS `{DATABASE}`"))
-            c.execute(sa.text(f"CREATE DATABASE `{DATABASE}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+        drop_database(c, kind, DATABASE)
+        create_database(c, kind, DATABASE)
     engine.dispose()
     return admin.set(database=DATABASE).render_as_string(hide_password=False)
 
@@ -95,8 +91,8 @@ def prepare(size: str, backend: str, home: Path) -> dict[str, str]:
         return {}
     from sandbox.generator import Backends, build
 
-    erp = _fresh_database(os.environ.get("TRUEUP_BENCH_PG_URL", PG), "postgresql")
-    wms = _fresh_database(os.environ.get("TRUEUP_BENCH_MARIADB_URL", MARIADB), "mariadb")
+    erp = _fresh_database(os.environ.get("TRUEUP_BENCH_PG_URL", PG_ADMIN), "postgresql")
+    wms = _fresh_database(os.environ.get("TRUEUP_BENCH_MARIADB_URL", MARIADB_ADMIN), "mariadb")
     t = time.perf_counter()
     build(home / "demo", seed=7, today=TODAY, sizes=sizes(size),
           backends=Backends(erp_url=erp, wms_kind="sql", wms_url=wms))

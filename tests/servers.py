@@ -13,10 +13,8 @@ import secrets
 import pytest
 import sqlalchemy as sa
 
+from sandbox.databases import MARIADB_ADMIN, PG_ADMIN, create_database, drop_database
 from tests.conftest import servers_required
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-MARIADB_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4"
 
 
 def admin_url(kind: str) -> sa.URL:
@@ -53,19 +51,13 @@ class ServerDatabases:
         """A fresh, empty database on that server; returns its SQLAlchemy URL."""
         name = f"{self.prefix}_{len(self.created)}"
         with self._admin(kind).connect() as c:
-            if kind == "postgresql":
-                c.execute(sa.text(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE template0'))
-            else:
-                c.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+            create_database(c, kind, name)
         self.created.append((kind, name))
         return admin_url(kind).set(database=name).render_as_string(hide_password=False)
 
     def drop_all(self) -> None:
         for kind, name in reversed(self.created):
             with self._admin(kind).connect() as c:
-                if kind == "postgresql":
-                    c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                else:
-                    c.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+                drop_database(c, kind, name)
         for e in self._engines.values():
             e.dispose()

@@ -3,6 +3,7 @@ PostgreSQL + MariaDB, with its wall time, each step's time and the peak memory.
 
     uv run python bench/nightly.py --size large                     # ERP SQLite, WMS files
     uv run python bench/nightly.py --size large --backend servers   # ERP PostgreSQL, WMS MariaDB
+    uv run python bench/nightly.py --size large --executor multiprocess   # a process per step
 
 `sqlite` copies bench/landscape.py's cached landscape into a fresh home. `servers` builds the same
 landscape (same seed, sizes and day) with the ERP in PostgreSQL and the WMS as MariaDB tables
@@ -13,7 +14,7 @@ from TRUEUP_BENCH_PG_URL / TRUEUP_BENCH_MARIADB_URL (default: the local servers,
 
 Memory is the run's process tree (trueup and the CRM sandbox it starts), RSS summed and read from
 /proc every second; the per-step figures come from the Dagster instance's step stats. Prints a
-table and writes bench/out/nightly_<backend>_<size>.json.
+table and writes bench/out/nightly_<backend>_<size>[_multiprocess].json.
 """
 
 from __future__ import annotations
@@ -101,11 +102,11 @@ def prepare(size: str, backend: str, home: Path) -> dict[str, str]:
             "TRUEUP_ERP_URL": erp, "TRUEUP_WMS_URL": wms}
 
 
-def run(home: Path, env: dict[str, str]) -> dict:
-    """`trueup run` in its own process; wall time, peak tree RSS, the run id."""
+def run(home: Path, env: dict[str, str], executor: str = "in_process") -> dict:
+    """`trueup run` in its own process on that executor; wall time, peak tree RSS, the run id."""
     base = {k: v for k, v in os.environ.items() if k not in RUN_SETTINGS}
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "--home", str(home), "run"], cwd=REPO,
-                            env={**base, **env, "TRUEUP_EXECUTOR": "in_process", "DAGSTER_HOME": str(home / "dagster")},
+                            env={**base, **env, "TRUEUP_EXECUTOR": executor, "DAGSTER_HOME": str(home / "dagster")},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak, done = [0], threading.Event()
 
@@ -140,18 +141,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=["small", "medium", "large"], default="large")
     p.add_argument("--backend", choices=["sqlite", "servers"], default="sqlite")
+    p.add_argument("--executor", choices=["in_process", "multiprocess"], default="in_process",
+                   help="the job's executor (multiprocess: a process per step, as many at once as cores)")
     p.add_argument("--home", help="where the run's home goes (default bench/out/nightly/<backend>_<size>)")
     args = p.parse_args()
     home = Path(args.home or OUT / "nightly" / f"{args.backend}_{args.size}")
     load = os.getloadavg()[0]
     env = prepare(args.size, args.backend, home)
-    res = run(home, env)
+    res = run(home, env, args.executor)
     steps = step_seconds(home, res["run_id"])
-    res.update(size=args.size, backend=args.backend, cores=os.cpu_count(), load_before=load,
+    res.update(size=args.size, backend=args.backend, executor=args.executor, cores=os.cpu_count(), load_before=load,
                steps=steps)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"nightly_{args.backend}_{args.size}.json").write_text(json.dumps(res, indent=2))
-    print(f"\nthe nightly at {args.size} on {args.backend}: {res['job_seconds']} s for the job "
+    (OUT / f"nightly_{args.backend}_{args.size}"
+                                        f"{'' if args.executor == 'in_process' else '_' + args.executor}.json").write_text(json.dumps(res, indent=2))
+    print(f"\nthe nightly at {args.size} on {args.backend} ({args.executor}): {res['job_seconds']} s for the job "
           f"({res['process_seconds']} s with start-up), peak RSS {res['peak_rss_mb']} MiB (process tree)")
     print("\n| step | seconds |\n|---|---:|")
     for k, v in sorted(steps.items(), key=lambda kv: -kv[1])[:15]:

@@ -16,7 +16,7 @@ from trueup.duck import connect, fetch
 from trueup.mapping import ISSUE_SCHEMA, to_canonical
 from trueup.model import DOMAINS, OUTCOME_SCHEMA, PLAN_SCHEMA
 from trueup.state import StateStore
-from trueup.writeback import SystemClient, WriteResult, apply_plan, live_values
+from trueup.writeback import ApplyFailed, SystemClient, WriteResult, apply_plan, live_values
 
 log = logging.getLogger(__name__)
 
@@ -174,14 +174,15 @@ def writeback(domain: str, plan: pa.Table, clients: dict[str, SystemClient], con
             outcome = apply_plan(clients[system], system, domain, config.systems.entity(system, domain),
                                  plan_rows, journal=journal)
         except Exception as exc:  # the whole system failed: say so, keep the others going
-            log.error("write-back to %s.%s failed: %s", system, domain, exc)
-            error = f"{system}.{domain}: {type(exc).__name__}: {exc}"[:500]
+            cause = exc.__cause__ if isinstance(exc, ApplyFailed) and exc.__cause__ else exc
+            log.error("write-back to %s.%s failed: %s", system, domain, cause)
+            failed = WriteResult("retryable_error", f"{system}.{domain}: {type(cause).__name__}: {cause}"[:500])
+            # what was decided before the failure keeps its outcome; only the rest failed
+            known = {**(exc.outcomes if isinstance(exc, ApplyFailed) else {}), **recorded}
             cids = plan_rows.column("change_id").to_pylist()
-            outcome = pa.table({
-                "change_id": cids,
-                "status": [recorded[c].status if c in recorded else "retryable_error" for c in cids],
-                "error": [recorded[c].error if c in recorded else error for c in cids],
-                "attempts": [recorded[c].attempts if c in recorded else 1 for c in cids]}, schema=OUTCOME_SCHEMA)
+            done = [known.get(c, failed) for c in cids]
+            outcome = pa.table({"change_id": cids, "status": [r.status for r in done], "error": [r.error for r in done],
+                                "attempts": [r.attempts for r in done]}, schema=OUTCOME_SCHEMA)
         # the journal recorded what was sent; this records the rest (unchanged, stale, failed whole)
         rest = pc.invert(pc.is_in(plan_rows.column("change_id"), pa.array(list(recorded), pa.string())))
         state.record(run_id, domain, plan_rows.filter(rest), outcome)

@@ -98,6 +98,16 @@ def split_key(key: str, cols: list[str]) -> dict[str, str]:
 Journal = Callable[[list[str], "list[WriteResult] | None"], None]
 
 
+class ApplyFailed(RuntimeError):
+    """The system failed as a whole during an apply (its cause is `__cause__`). `outcomes` holds
+    what was decided before: changes judged without a send (in place, stale, gone, flag only) and
+    batches answered, so the caller marks only the rest as failed."""
+
+    def __init__(self, cause: BaseException, outcomes: dict[str, WriteResult]):
+        super().__init__(str(cause))
+        self.outcomes = outcomes
+
+
 def live_values(client: SystemClient, system: str, entity: str, mapping: EntityMap,
                 plan: pa.Table) -> pa.Table:
     """The system's current canonical values of the plan's (key, field) pairs, as text:
@@ -137,6 +147,8 @@ def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMa
         SELECT p.*, lv.live_value, p.target_key IN (SELECT source_key FROM present) AS exists_live,
           CASE
             WHEN p.action = 'create' AND p.target_key NOT IN (SELECT source_key FROM present) THEN 'write'
+            WHEN p.action NOT IN ('create', 'flag') AND p.target_key NOT IN (SELECT source_key FROM present)
+                THEN 'gone'
             WHEN lv.live_value IS NOT DISTINCT FROM p.new_value THEN 'unchanged'
             WHEN lv.live_value IS DISTINCT FROM p.old_value AND p.action <> 'create' THEN 'stale'
             WHEN p.action = 'create' THEN 'write_update'
@@ -157,6 +169,11 @@ def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMa
     for r in rows:
         if r["verdict"] == "unchanged":
             outcomes[r["change_id"]] = WriteResult("unchanged", attempts=0)
+            continue
+        if r["verdict"] == "gone":  # an UPDATE would change no row and look applied
+            outcomes[r["change_id"]] = WriteResult(
+                "rejected", f"{system}.{entity} {r['target_key']} {r['field']}: the system no longer holds "
+                            f"this record (gone since extract)", attempts=0)
             continue
         if r["verdict"] == "stale":
             outcomes[r["change_id"]] = WriteResult(
@@ -189,7 +206,10 @@ def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMa
         op.idempotency_key = _idempotency_key(op.change_ids)
     size = max(1, int(getattr(client, "write_batch", 500)))
     in_flight = max(1, int(getattr(client, "in_flight", 1)))
-    _send(client, entity, _batches(list(ops.values()), size), in_flight, outcomes, journal)
+    try:
+        _send(client, entity, _batches(list(ops.values()), size), in_flight, outcomes, journal)
+    except Exception as exc:
+        raise ApplyFailed(exc, dict(outcomes)) from exc
     ids = plan.column("change_id").to_pylist()
     return pa.table(
         {

@@ -160,8 +160,9 @@ def sync_writeback_asset(domain: str, system: str, partitions) -> dg.AssetsDefin
 def sync_watermarks_asset(writebacks: list[dg.AssetKey], partitions) -> dg.AssetsDefinition:
     @dg.asset(name="sync_watermarks", group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN,
               ins={k.path[-1]: dg.AssetIn(key=k) for k in writebacks}, required_resource_keys={"trueup", "state"},
-              description="The final step: once every write-back of the run succeeded, the watermarks move to "
-                          "what the run read (never for a dry-run, a failed run or a backfill).")
+              description="The final step: once every write-back step of the run finished, the watermarks move to "
+                          "what the run read (never for a dry-run, a failed run or a backfill; writes "
+                          "that failed wait in the dead letters for replay).")
     def sync_watermarks(context: dg.AssetExecutionContext, **outcomes):
         store = context.resources.state.store()
         dry = _is_dry_run(context)

@@ -17,8 +17,9 @@ file by default; PostgreSQL in production), queryable with plain SQL.
 - extracts     per run, system and entity: rows read and how old the source's data was (freshness)
 - kpis         per run, the business figures over time (long format: domain, system, kpi, value)
 - discrepancy_history  every discrepancy by a stable key: first seen, last seen, runs seen, closed
-- watermark_pending  what a run has read so far; becomes the watermark only when the run's
-                     write-backs succeeded (never for a dry-run or a failed run)
+- watermark_pending  what a run has read so far; becomes the watermark only when every
+                     write-back step of the run finished (never for a dry-run or a failed run;
+                     a write that failed is in the dead letters for replay, not read again)
 """
 
 from __future__ import annotations
@@ -243,6 +244,17 @@ def _drop_temporary(c: sa.Connection, name: str) -> None:
     c.exec_driver_sql(f"DROP {temporary}TABLE IF EXISTS {name}")
 
 
+def _earlier_attempt(outcome: dict) -> dict:
+    """The outcome of a change an earlier attempt of the same step had sent: found in place, it
+    was applied (by that attempt); otherwise the new outcome, saying the change had been sent."""
+    note = "an earlier attempt of this run's write-back sent it"
+    if outcome["status"] == "unchanged":
+        return {**outcome, "status": "applied", "error": f"{note}; found in place", "attempts": 1}
+    if outcome["status"] == "applied":
+        return outcome
+    return {**outcome, "error": f"{note}; now: {outcome['error']}"}
+
+
 def _rows(table: pa.Table) -> list[dict]:
     return table.to_pylist()
 
@@ -284,6 +296,8 @@ class StateStore:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = sa.create_engine(url, future=True)
         self._journal_begun: dict[tuple[str, str], set[str]] = {}  # (run, entity) -> changes cleared
+        # (run, entity) -> changes an earlier attempt of the same step sent (applied or in flight)
+        self._sent_earlier: dict[tuple[str, str], set[str]] = {}
         if self.engine.dialect.name == "sqlite":
             # parallel steps append from several processes: WAL lets readers and one writer share
             @sa.event.listens_for(self.engine, "connect")
@@ -372,22 +386,30 @@ class StateStore:
         if ids:
             self._delete_run_rows(c, run_id, entity, ids)
         _insert_many(c, ledger, columns)
+        # these have a row now: recording them again in this run replaces it
+        cleared.difference_update(columns["change_id"])
 
     @staticmethod
-    def _delete_run_rows(c, run_id: str, entity: str, change_ids: list[str]) -> None:
-        """Remove the run's ledger rows for these changes: one read of the run's rows of the entity."""
+    def _delete_run_rows(c, run_id: str, entity: str, change_ids: list[str]) -> list[tuple[str, str]]:
+        """Remove the run's ledger rows for these changes: one read of the run's rows of the entity.
+        Returns what was removed, (change_id, status)."""
         wanted = set(change_ids)
-        gone = [{"i": i} for i, cid in c.execute(sa.select(ledger.c.id, ledger.c.change_id).where(
-            ledger.c.run_id == run_id, ledger.c.entity == entity)) if cid in wanted]
-        if gone:
-            c.execute(sa.delete(ledger).where(ledger.c.id == sa.bindparam("i")), gone)
+        rows = [(i, cid, status) for i, cid, status in c.execute(
+            sa.select(ledger.c.id, ledger.c.change_id, ledger.c.status).where(
+                ledger.c.run_id == run_id, ledger.c.entity == entity)) if cid in wanted]
+        if rows:
+            c.execute(sa.delete(ledger).where(ledger.c.id == sa.bindparam("i")), [{"i": r[0]} for r in rows])
+        return [(cid, status) for _, cid, status in rows]
 
     def begin_journal(self, run_id: str, entity: str, change_ids: list[str]) -> None:
         """Before a write-back journals these changes batch by batch: a re-executed step's earlier
-        rows for them are removed now, once, so each batch is a plain insert."""
+        rows for them are removed now, once, so each batch is a plain insert. What that earlier
+        attempt sent is remembered: found in place now, it is still trueup's write (`record`)."""
         with self.engine.begin() as c:
-            self._delete_run_rows(c, run_id, entity, change_ids)
+            removed = self._delete_run_rows(c, run_id, entity, change_ids)
         self._journal_begun.setdefault((run_id, entity), set()).update(change_ids)
+        self._sent_earlier.setdefault((run_id, entity), set()).update(
+            cid for cid, status in removed if status in ("applied", "attempting"))
 
     def record_attempting(self, run_id: str, entity: str, plan: pa.Table) -> str | None:
         """Journal the changes about to be sent, before they are sent: if the run dies mid-write,
@@ -400,9 +422,6 @@ class StateStore:
                                                              "attempts": [1] * n}, _now(), batch)
         with self.engine.begin() as c:
             self._replace(c, run_id, entity, columns)
-        # journalled now: a later record of these changes without the batch (the write-back failed
-        # before their outcome came) must replace these rows, not add to them
-        self._journal_begun.get((run_id, entity), set()).difference_update(columns["change_id"])
         return batch
 
     def record(self, run_id: str, entity: str, plan: pa.Table, outcomes: pa.Table,
@@ -420,6 +439,9 @@ class StateStore:
             return
         by_id = {r["change_id"]: r for r in _rows(outcomes)}
         ordered = [by_id[cid] for cid in plan.column("change_id").to_pylist()]
+        sent = self._sent_earlier.get((run_id, entity))
+        if sent:  # a retried step: its first attempt's writes, found in place now, are still trueup's
+            ordered = [_earlier_attempt(o) if o["change_id"] in sent else o for o in ordered]
         now = _now()
         columns = self._ledger_columns(run_id, entity, plan, {k: [o[k] for o in ordered]
                                                               for k in ("status", "error", "attempts")}, now)

@@ -61,6 +61,36 @@ def test_a_batch_whose_outcome_never_came_is_recorded_once(db_url):
     assert led == [("c1", "applied"), ("c2", "applied"), ("c3", "retryable_error")]
 
 
+def test_a_change_recorded_again_in_the_same_run_keeps_one_row(db_url):
+    store = StateStore(db_url)
+    store.begin_journal("run-1", "price", ["c1", "c2"])
+    store.record("run-1", "price", _plan(["c1"]), _outcomes(["c1"], ["unchanged"], 0))  # not sent: in place
+    store.record("run-1", "price", _plan(["c1"]), _outcomes(["c1"], ["applied"]))  # e.g. replayed in the run
+    assert [(r["change_id"], r["status"]) for r in store.ledger("run-1").to_pylist()] == [("c1", "applied")]
+
+
+def test_a_retried_step_finding_its_own_earlier_writes_in_place_keeps_them_applied(db_url):
+    """The step's first attempt applied c1 and c2 and died with c3 in flight (it landed); the
+    retry, in a new process under the same run, finds all three in place. The ledger must still
+    say trueup changed them: `unchanged` would erase the proof of its own writes."""
+    first = StateStore(db_url)
+    first.begin_journal("run-1", "price", ["c1", "c2", "c3", "c4"])
+    batch = first.record_attempting("run-1", "price", _plan(["c1", "c2"]))
+    first.record("run-1", "price", _plan(["c1", "c2"]), _outcomes(["c1", "c2"], ["applied"] * 2), batch_id=batch)
+    first.record_attempting("run-1", "price", _plan(["c3"]))  # sent; the process died before the answer
+
+    retry = StateStore(db_url)
+    retry.begin_journal("run-1", "price", ["c1", "c2", "c3", "c4"])
+    retry.record("run-1", "price", _plan(["c1", "c2", "c3"]), _outcomes(["c1", "c2", "c3"], ["unchanged"] * 3, 0))
+    batch = retry.record_attempting("run-1", "price", _plan(["c4"]))
+    retry.record("run-1", "price", _plan(["c4"]), _outcomes(["c4"], ["applied"]), batch_id=batch)
+    led = {r["change_id"]: r for r in retry.ledger("run-1").to_pylist()}
+    assert retry.ledger("run-1").num_rows == 4  # one row per change
+    assert {c: r["status"] for c, r in led.items()} == {c: "applied" for c in ("c1", "c2", "c3", "c4")}
+    assert all("earlier attempt" in led[c]["error"] for c in ("c1", "c2", "c3")) and led["c4"]["error"] is None
+    assert retry.unsettled("later", "price", "erp").num_rows == 0
+
+
 def test_a_killed_runs_attempts_are_settled_by_the_next_runs_outcomes(db_url):
     store = StateStore(db_url)
     store.begin_journal("killed", "price", ["c1", "c2"])
@@ -121,7 +151,8 @@ def test_the_settling_look_probes_the_partial_index(tmp_path):
 
     @sa.event.listens_for(store.engine, "before_cursor_execute")
     def _seen(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().startswith("SELECT") and "FROM ledger" in statement and "status" in statement:
+        where = statement.partition("WHERE")[2]  # looks by status (not the run's own rows, read by run)
+        if statement.lstrip().startswith("SELECT") and "FROM ledger" in statement and "status" in where:
             looks.append((statement, parameters))
 
     store.unsettled("next", "price", "erp")

@@ -48,11 +48,12 @@ class CrosswalkStore:
     def _deltas(self) -> list[Path]:
         return sorted(self.delta_dir.glob("*.parquet")) if self.delta_dir.exists() else []
 
-    def register(self, con: duckdb.DuckDBPyConnection, name: str = "crosswalk") -> bool:
-        """A view `name` over the crosswalk (base and deltas) on `con`; False when there is none.
-        DuckDB reads the files as a query needs them: a join on keys scans two columns of the
-        base, it does not load the table."""
-        deltas = self._deltas()
+    def register(self, con: duckdb.DuckDBPyConnection, name: str = "crosswalk",
+                 deltas: list[Path] | None = None) -> bool:
+        """A view `name` over the crosswalk (base and `deltas`, default those there now) on `con`;
+        False when there is none. DuckDB reads the files as a query needs them: a join on keys
+        scans two columns of the base, it does not load the table."""
+        deltas = self._deltas() if deltas is None else deltas
         if not self.base.exists() and not deltas:
             return False
         base = (con.read_parquet(str(self.base)) if self.base.exists()
@@ -73,8 +74,8 @@ class CrosswalkStore:
         if not self._read:
             return Warehouse.read_path(self.base)
         con = connect()
-        try:
-            self.register(con)
+        try:  # exactly the deltas listed above: one written meanwhile is not folded, so `replace` keeps it
+            self.register(con, deltas=self._read)
             return fetch(con, "SELECT * FROM crosswalk").cast(CROSSWALK_SCHEMA)
         finally:
             con.close()

@@ -16,6 +16,7 @@ file drop, a cluster no change points to).
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -27,6 +28,8 @@ from trueup import reconcile, steps
 from trueup.config import Config
 from trueup.crosswalk import CrosswalkStore
 from trueup.duck import connect, fetch, query
+
+log = logging.getLogger(__name__)
 from trueup.mapping import ISSUE_SCHEMA
 from trueup.model import DOMAINS, PLAN_SCHEMA
 from trueup.reconcile import CROSSWALK_SCHEMA
@@ -38,17 +41,25 @@ DEPENDS_ON = {"product": ("price", "sku")}
 
 def high_water(client, entity: str, raw: pa.Table, updated_at: str | None) -> datetime | None:
     """The newest change a read saw: a file drop's export time, else the largest change timestamp
-    in the rows (None when there is none to go by)."""
+    in the rows that is not after now (None when there is none to go by). A row stamped in the
+    future (a typo, a bad import, a clock far ahead) would otherwise carry the watermark past every
+    change to come; it is left out and logged, and stays after the watermark, so each sync reads it."""
     drops = getattr(client, "read_drop", None)
     if drops is not None:
         return drops.get(entity)
     if not updated_at or updated_at not in raw.column_names or raw.num_rows == 0:
         return None
+    now = datetime.now(timezone.utc)
     con = connect()
     con.register("raw", raw.select([updated_at]))
-    v = con.execute(f'SELECT max(TRY_CAST(NULLIF(trim(CAST("{updated_at}" AS VARCHAR)), \'\') AS TIMESTAMPTZ)) '
-                    f"FROM raw").fetchone()[0]
+    v, ahead, furthest = con.execute(
+        f'WITH t AS (SELECT TRY_CAST(NULLIF(trim(CAST("{updated_at}" AS VARCHAR)), \'\') AS TIMESTAMPTZ) AS ts '
+        f"FROM raw) SELECT max(ts) FILTER (WHERE ts <= $1), count(*) FILTER (WHERE ts > $1), max(ts) FROM t",
+        [now]).fetchone()
     con.close()
+    if ahead:
+        log.warning("%s.%s: %d row(s) changed after now (up to %s): left out of the watermark",
+                    getattr(client, "name", "?"), entity, ahead, furthest.astimezone(timezone.utc).isoformat())
     return v.astimezone(timezone.utc) if v is not None else None
 
 

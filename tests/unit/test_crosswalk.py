@@ -51,3 +51,28 @@ def test_a_view_over_the_store_answers_keyed_queries_without_loading_it(tmp_path
     assert con.execute("SELECT golden_id FROM cw WHERE source_key = '7'").fetchall() == [("G1",)]
     assert con.execute("SELECT count(*) FROM cw").fetchone() == (1000,)
     con.close()
+
+
+def test_a_delta_landing_while_a_full_run_lists_them_is_neither_folded_nor_lost(tmp_path, monkeypatch):
+    """A sync's delta written between the full run's listing of the deltas and its read of them:
+    the read must be of exactly what was listed (what `replace` then removes), or the late delta
+    would be folded into the base and still lie over it, moving records back the next time."""
+    wh = Warehouse(tmp_path)
+    full = CrosswalkStore(wh, "customer")
+    full.replace(_cw(("erp", "1", "G1"), ("crm", "a", "G1")))
+    full.add(_cw(("crm", "b", "G2")))
+    listing = full._deltas
+
+    def listing_then_a_sync_adds():
+        listed = listing()
+        CrosswalkStore(wh, "customer").add(_cw(("crm", "c", "G3")))  # lands just after the listing
+        return listed
+
+    monkeypatch.setattr(full, "_deltas", listing_then_a_sync_adds)
+    seen = full.read()
+    monkeypatch.undo()
+    assert _as_set(seen) == {("erp", "1", "G1"), ("crm", "a", "G1"), ("crm", "b", "G2")}
+    full.replace(seen)
+    after = CrosswalkStore(wh, "customer")
+    assert _as_set(after.read()) == _as_set(seen) | {("crm", "c", "G3")}  # kept, as a delta
+    assert len(list(after.delta_dir.glob("*.parquet"))) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pytest
@@ -56,6 +57,22 @@ def test_file_system_reads_only_a_drop_not_yet_read_and_only_rows_changed_since(
     assert high_water(wms, "inventory", got, "counted_at") == T
     assert wms.extract("inventory", since=T).num_rows == 0  # that drop was read already
     assert wms.read_drop["inventory"] is None
+
+
+def test_a_future_dated_row_never_carries_the_watermark_past_now(caplog):
+    """One row stamped in 2099 (a typo, a bad import) must not set the watermark to 2099: every
+    later sync would then read nothing. The newest stamp not after now is the high water; the
+    future row is read again by the next sync (it stays after the watermark) and is reported."""
+    crm = SimpleNamespace(name="crm")  # a client that reads rows (not file drops)
+    now = datetime.now(timezone.utc)
+    newest = (now - timedelta(minutes=5)).replace(microsecond=0)
+    raw = pa.table({"id": ["A1", "A2", "A3"],
+                    "updated_at": [(now - timedelta(days=1)).isoformat(), newest.isoformat(), "2099-01-01T00:00:00Z"]})
+    with caplog.at_level("WARNING", logger="trueup.incremental"):
+        assert high_water(crm, "customer", raw, "updated_at") == newest
+    assert "crm.customer" in caplog.text and "1 row" in caplog.text and "2099" in caplog.text
+    only_future = raw.filter(pa.compute.equal(raw.column("id"), "A3"))
+    assert high_water(crm, "customer", only_future, "updated_at") is None
 
 
 def test_deleted_rows_are_split_off_as_tombstones():

@@ -1,5 +1,5 @@
 """A file drop's changed rows: the fast parse of the usual timestamp form agrees with the
-general one on every form a 3PL writes, and unreadable times are kept."""
+general one on every form a 3PL writes, unreadable times are kept, every column is read as text."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 
 from trueup.duck import query
-from trueup.systems.files import _changed_after
+from trueup.systems.files import _changed_after, read_file
 
 
 def _general(table: pa.Table, since: datetime) -> list[str]:
@@ -55,3 +55,14 @@ def test_naive_since_is_utc_and_all_usual_form_is_filtered_without_the_fallback(
     got = _changed_after(table, "v", since).column("k").to_pylist()
     assert got == expected
     assert got and all(values[int(k)] > "2026-11-26 05:00:00" for k in got)
+
+
+def test_a_csv_with_a_byte_order_mark_keeps_every_column_as_text(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark: the first column (often the key) must
+    stay text like the others, 00123 not 123."""
+    path = tmp_path / "stock.csv"
+    path.write_bytes("sku,location,on_hand\n00123,DC-EAST,5\n".encode("utf-8-sig"))
+    t = read_file(path)
+    assert t.column_names == ["sku", "location", "on_hand"]
+    assert all(pa.types.is_string(f.type) for f in t.schema)
+    assert t.to_pylist() == [{"sku": "00123", "location": "DC-EAST", "on_hand": "5"}]

@@ -38,7 +38,9 @@ def read_file(path: Path) -> pa.Table:
         return pq.read_table(path)
     if path.suffix == ".jsonl":
         return pajson.read_json(path)
-    with open(path, newline="") as fh:
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name,
+    # which Arrow (dropping the mark) would otherwise type by guessing: 00123 -> 123
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         names = next(csv.reader(fh), [])
     # every column as text: codes like 00123 must keep their zeros; the mapping types them
     return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(

@@ -144,3 +144,33 @@ def test_a_page_is_read_as_the_api_wrote_it_timestamps_as_text_and_a_broken_page
         with pytest.raises(ValueError, match=rf"crm\.customer: the listing's {says}"):
             broken.extract("customer")
         broken.close()
+
+
+def test_retry_after_as_seconds_or_an_http_date_is_waited_for_not_a_crash(config, monkeypatch):
+    """RFC 9110 lets a server give Retry-After as an HTTP date: it is a wait like the seconds form
+    (a date passed is no wait), and unreadable is the usual backoff, never an error that stops the step."""
+    import json
+    from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
+
+    import httpx
+
+    from trueup.systems import rest
+
+    assert rest.retry_after("2") == 2.0 and rest.retry_after(None) is None and rest.retry_after("soon") is None
+    ahead = rest.retry_after(format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True))
+    assert 25 <= ahead <= 30
+    assert rest.retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+    answers = iter([httpx.Response(429, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}),
+                    httpx.Response(503, headers={"Retry-After": "later, please"}),
+                    httpx.Response(200, content=json.dumps({"data": [{"id": "A1", "name": "Acme"}],
+                                                            "next_cursor": None}))])
+    crm = RestSystem("crm", "http://crm.test", config.systems.systems["crm"], backoff_initial=0.01, backoff_max=0.02,
+                     transport=httpx.MockTransport(lambda request: next(answers)))
+    waits = []
+    monkeypatch.setattr("time.sleep", waits.append)  # tenacity's sleep: record, do not wait
+    got = crm.extract("customer")
+    crm.close()
+    assert got.column("id").to_pylist() == ["A1"] and crm.retries == 2
+    assert waits[0] == 0.0 and 0 < waits[1] <= 0.02  # the date passed; then the backoff

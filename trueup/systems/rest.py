@@ -14,7 +14,8 @@ import json
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime
+from datetime import date, datetime, timezone
+from email.utils import parsedate_to_datetime
 from decimal import Decimal
 
 import httpx
@@ -29,6 +30,24 @@ from trueup.writeback import WriteOp, WriteResult
 
 log = logging.getLogger(__name__)
 URL_IDS_BUDGET = 6000  # characters of ids in one look-up URL (proxies commonly refuse above 8 KB)
+RETRY_AFTER_MAX = 60.0  # the longest wait a server's Retry-After is honoured for, seconds
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds a Retry-After header asks to wait: delay-seconds or an HTTP date (RFC 9110, a date
+    passed is no wait); None when absent or unreadable (then the usual backoff applies)."""
+    if not value or not value.strip():
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        at = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+    return max(0.0, (at - datetime.now(timezone.utc)).total_seconds())
 
 
 class RetryableHTTP(Exception):
@@ -42,7 +61,8 @@ def _is_retryable(exc: BaseException) -> bool:
 
 
 class _Wait:
-    """Wait as the server asks (Retry-After), else exponential backoff with jitter."""
+    """Wait as the server asks (Retry-After, up to RETRY_AFTER_MAX: a server asking for a minute
+    means it), else exponential backoff with jitter up to `maximum`."""
 
     def __init__(self, initial: float, maximum: float):
         self.backoff = wait_exponential_jitter(initial=initial, max=maximum)
@@ -51,7 +71,7 @@ class _Wait:
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RetryableHTTP) and exc.retry_after is not None:
-            return min(exc.retry_after, self.maximum)
+            return min(exc.retry_after, RETRY_AFTER_MAX)
         return self.backoff(state)
 
 
@@ -92,8 +112,7 @@ class RestSystem:
                     self.retries += 1  # several threads may count at once: a figure, not a control
                 resp = self.http.request(method, url, **kw)
                 if resp.status_code == 429 or resp.status_code >= 500:
-                    ra = resp.headers.get("Retry-After")
-                    raise RetryableHTTP(resp.status_code, float(ra) if ra else None, resp.text)
+                    raise RetryableHTTP(resp.status_code, retry_after(resp.headers.get("Retry-After")), resp.text)
                 resp.raise_for_status()
                 return resp, attempts
         raise AssertionError("unreachable")

@@ -242,8 +242,9 @@ def _apply(con: sqlite3.Connection, resource: str, rec: dict) -> dict:
     key = rec.get("idempotency_key")
     if key:
         seen = con.execute("SELECT result FROM idempotency WHERE key = ?", [key]).fetchone()
-        if seen:
-            return {**json.loads(seen[0]), "status": "duplicate"}
+        if seen:  # the first answer again, as APIs replay it: a failure stays a failure
+            first = json.loads(seen[0])
+            return first if first["status"] == "error" else {**first, "status": "duplicate"}
     fields = rec.get("fields") or {}
     unknown = [f for f in fields if f not in RESOURCES[resource] or f in READ_ONLY]
     op = rec.get("op", "update")

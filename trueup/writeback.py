@@ -132,10 +132,11 @@ def live_values(client: SystemClient, system: str, entity: str, mapping: EntityM
 
 
 def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMap,
-               plan: pa.Table, journal: Journal | None = None) -> pa.Table:
+               plan: pa.Table, journal: Journal | None = None, *, scope: str | None = None) -> pa.Table:
     """Apply the plan rows of one system and entity; return one outcome per row (OUTCOME_SCHEMA).
     `journal(change_ids, None)` is called before a batch is sent, `journal(change_ids, results)`
-    after (results per change id, in order)."""
+    after (results per change id, in order). `scope` (the run) goes into the idempotency keys of
+    everything but creates: see `_idempotency_key`."""
     if plan.num_rows == 0:
         return OUTCOME_SCHEMA.empty_table()
     domain = DOMAINS[entity]
@@ -203,7 +204,7 @@ def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMa
             op.values[mapping.fields[field_name].column] = value
         op.change_ids.append(r["change_id"])
     for op in ops.values():
-        op.idempotency_key = _idempotency_key(op.change_ids)
+        op.idempotency_key = _idempotency_key(op.change_ids, None if op.action == "create" else scope)
     size = max(1, int(getattr(client, "write_batch", 500)))
     in_flight = max(1, int(getattr(client, "in_flight", 1)))
     try:
@@ -280,7 +281,14 @@ def _send(client: SystemClient, entity: str, batches: list[list[WriteOp]], in_fl
         raise failure
 
 
-def _idempotency_key(change_ids: list[str]) -> str:
+def _idempotency_key(change_ids: list[str], scope: str | None = None) -> str:
+    """The key a system dedupes a record's operation by. A change id names the change, not the
+    run, so an update keyed by it alone would be the same next run: after someone set the value
+    back, the system would answer "duplicate" to the correction and write nothing. Updates are
+    keyed within their run (`scope`): a retried send in the run is still deduped, and a later run
+    is a new write (re-applying a value is harmless). A create keeps its key across runs: a run
+    re-executed after a crash must not create the record twice."""
     import hashlib
 
-    return hashlib.sha256("|".join(sorted(change_ids)).encode()).hexdigest()[:32]
+    text = "|".join(sorted(change_ids))
+    return hashlib.sha256((f"{scope}#{text}" if scope else text).encode()).hexdigest()[:32]

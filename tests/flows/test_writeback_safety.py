@@ -133,3 +133,47 @@ def test_run_killed_mid_apply_then_rerun_applies_each_change_exactly_once(home, 
                     and not _waiting(p, plans)]
             assert left == [], left[:5]
         c["crm"].close()
+
+
+def test_a_correction_someone_undid_is_written_again_by_the_next_run(home, config):
+    """Run 1 corrects a CRM city; a sales rep sets it back; run 2 plans the same change (the same
+    change id). Its idempotency key must be new: keyed by the change alone, the CRM would answer
+    "duplicate" and keep the rep's value while the ledger said applied."""
+    from trueup.model import PLAN_SCHEMA
+    from trueup.writeback import apply_plan
+
+    db = home / "demo" / "crm" / "crm.sqlite"
+    with closing(sqlite3.connect(db)) as con:
+        acc = con.execute("SELECT id FROM accounts ORDER BY id LIMIT 1").fetchone()[0]
+        con.execute("UPDATE accounts SET city = 'Lyon' WHERE id = ?", [acc])
+        con.commit()
+    plan = pa.Table.from_pylist([{
+        "change_id": "c-city", "domain": "customer", "target_system": "crm", "action": "update", "golden_id": "G1",
+        "target_key": acc, "field": "city", "old_value": "Lyon", "new_value": "Oslo", "source_system": "erp",
+        "rule": "customer.city: owner erp", "severity": "medium"}], schema=PLAN_SCHEMA)
+    em = config.systems.entity("crm", "customer")
+    with serve(db) as srv:
+        crm = RestSystem("crm", srv.url, config.systems.systems["crm"])
+        first = apply_plan(crm, "crm", "customer", em, plan, scope="run-1")
+        with closing(sqlite3.connect(db)) as con:  # the rep's undo
+            con.execute("UPDATE accounts SET city = 'Lyon' WHERE id = ?", [acc])
+            con.commit()
+        again = apply_plan(crm, "crm", "customer", em, plan, scope="run-2")
+        retried = apply_plan(crm, "crm", "customer", em, plan, scope="run-2")  # in place now: not sent
+        crm.close()
+    assert first.column("status").to_pylist() == again.column("status").to_pylist() == ["applied"]
+    assert retried.column("status").to_pylist() == ["unchanged"]
+    with closing(sqlite3.connect(db)) as con:
+        assert con.execute("SELECT city FROM accounts WHERE id = ?", [acc]).fetchone()[0] == "Oslo"
+    assert crm_write_counts(home)[("accounts", acc, "city")] == 2  # both runs wrote
+
+
+def test_a_replayed_key_of_a_failed_write_is_still_a_failure(home, config):
+    op = WriteOp(key="ACC-NOPE", key_values={"id": "ACC-NOPE"}, action="update", values={"city": "Oslo"},
+                 change_ids=["c1"], idempotency_key="k-gone-1")
+    with serve(home / "demo" / "crm" / "crm.sqlite") as srv:
+        crm = RestSystem("crm", srv.url, config.systems.systems["crm"])
+        first, again = crm.write("customer", [op]), crm.write("customer", [op])
+        crm.close()
+    assert first[0].status == again[0].status == "rejected"  # not "duplicate", taken for applied
+    assert "not found" in again[0].error

@@ -172,7 +172,7 @@ def writeback(domain: str, plan: pa.Table, clients: dict[str, SystemClient], con
 
         try:
             outcome = apply_plan(clients[system], system, domain, config.systems.entity(system, domain),
-                                 plan_rows, journal=journal, scope=run_id)
+                                 plan_rows, journal=journal)
         except Exception as exc:  # the whole system failed: say so, keep the others going
             cause = exc.__cause__ if isinstance(exc, ApplyFailed) and exc.__cause__ else exc
             log.error("write-back to %s.%s failed: %s", system, domain, cause)

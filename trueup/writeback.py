@@ -96,6 +96,7 @@ def split_key(key: str, cols: list[str]) -> dict[str, str]:
 
 
 Journal = Callable[[list[str], "list[WriteResult] | None"], None]
+VERSION = "__version"  # live_values' field for a record's change time
 
 
 class ApplyFailed(RuntimeError):
@@ -112,7 +113,7 @@ def live_values(client: SystemClient, system: str, entity: str, mapping: EntityM
                 plan: pa.Table) -> pa.Table:
     """The system's current canonical values of the plan's (key, field) pairs, as text:
     (source_key, field, live_value); a key the system does not hold has no rows, and a held key
-    has a row per field even when the value is null."""
+    has a row per field even when the value is null, and one with field VERSION: its change time."""
     keys = sorted(set(plan.column("target_key").to_pylist()))
     live_raw = client.fetch_live(entity, keys)
     live = to_canonical(live_raw, system=system, entity=entity, mapping=mapping).staged
@@ -123,20 +124,21 @@ def live_values(client: SystemClient, system: str, entity: str, mapping: EntityM
         f"SELECT source_key, '{f}' AS field, CAST(\"{f}\" AS VARCHAR) AS live_value FROM live"
         for f in fields if f in live.column_names
     )
-    # a held record with no mapped field in the plan still counts as present
+    # a held record with no mapped field in the plan still counts as present; its change time is
+    # the version its idempotency keys name
     unpivot = (unpivot + " UNION ALL " if unpivot else "") + \
-        "SELECT source_key, NULL AS field, NULL AS live_value FROM live"
+        "SELECT source_key, NULL AS field, NULL AS live_value FROM live UNION ALL " \
+        f"SELECT source_key, '{VERSION}' AS field, CAST(source_updated_at AS VARCHAR) AS live_value FROM live"
     out = fetch(con, f"SELECT DISTINCT * FROM ({unpivot})")
     con.close()
     return out
 
 
 def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMap,
-               plan: pa.Table, journal: Journal | None = None, *, scope: str | None = None) -> pa.Table:
+               plan: pa.Table, journal: Journal | None = None) -> pa.Table:
     """Apply the plan rows of one system and entity; return one outcome per row (OUTCOME_SCHEMA).
     `journal(change_ids, None)` is called before a batch is sent, `journal(change_ids, results)`
-    after (results per change id, in order). `scope` (the run) goes into the idempotency keys of
-    everything but creates: see `_idempotency_key`."""
+    after (results per change id, in order)."""
     if plan.num_rows == 0:
         return OUTCOME_SCHEMA.empty_table()
     domain = DOMAINS[entity]
@@ -156,6 +158,8 @@ def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMa
             ELSE 'write' END AS verdict
         FROM plan p LEFT JOIN lv ON lv.source_key = p.target_key AND lv.field = p.field
         ORDER BY p.target_key, p.field""")
+    version = dict(con.execute("SELECT source_key, max(live_value) FROM lv WHERE field = ? AND live_value IS NOT NULL "
+                               "GROUP BY 1", [VERSION]).fetchall())
     con.close()
 
     outcomes: dict[str, WriteResult] = {}
@@ -204,7 +208,7 @@ def apply_plan(client: SystemClient, system: str, entity: str, mapping: EntityMa
             op.values[mapping.fields[field_name].column] = value
         op.change_ids.append(r["change_id"])
     for op in ops.values():
-        op.idempotency_key = _idempotency_key(op.change_ids, None if op.action == "create" else scope)
+        op.idempotency_key = _idempotency_key(op.change_ids, version.get(op.key))
     size = max(1, int(getattr(client, "write_batch", 500)))
     in_flight = max(1, int(getattr(client, "in_flight", 1)))
     try:
@@ -281,14 +285,14 @@ def _send(client: SystemClient, entity: str, batches: list[list[WriteOp]], in_fl
         raise failure
 
 
-def _idempotency_key(change_ids: list[str], scope: str | None = None) -> str:
-    """The key a system dedupes a record's operation by. A change id names the change, not the
-    run, so an update keyed by it alone would be the same next run: after someone set the value
-    back, the system would answer "duplicate" to the correction and write nothing. Updates are
-    keyed within their run (`scope`): a retried send in the run is still deduped, and a later run
-    is a new write (re-applying a value is harmless). A create keeps its key across runs: a run
-    re-executed after a crash must not create the record twice."""
+def _idempotency_key(change_ids: list[str], version: str | None = None) -> str:
+    """The key a system dedupes a record's operation by: the changes, and the version of the
+    record they were judged against (its change time, as read before writing). The same send
+    again (a retry, a run re-executed after a crash while a batch was in flight) has the same key
+    and is applied once. After someone set the value back, the record has a new version: the
+    same correction is a new write, where a key of the changes alone was answered "duplicate" and
+    nothing was written. A create (no record yet) is keyed by its changes alone."""
     import hashlib
 
     text = "|".join(sorted(change_ids))
-    return hashlib.sha256((f"{scope}#{text}" if scope else text).encode()).hexdigest()[:32]
+    return hashlib.sha256((f"{version}#{text}" if version else text).encode()).hexdigest()[:32]

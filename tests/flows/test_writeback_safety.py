@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from contextlib import closing
+from datetime import datetime, timezone
 
 import pyarrow as pa
 import pytest
@@ -137,8 +138,8 @@ def test_run_killed_mid_apply_then_rerun_applies_each_change_exactly_once(home, 
 
 def test_a_correction_someone_undid_is_written_again_by_the_next_run(home, config):
     """Run 1 corrects a CRM city; a sales rep sets it back; run 2 plans the same change (the same
-    change id). Its idempotency key must be new: keyed by the change alone, the CRM would answer
-    "duplicate" and keep the rep's value while the ledger said applied."""
+    change id). Its idempotency key must be new (the record has a new version): keyed by the
+    change alone, the CRM answered "duplicate" and kept the rep's value while the ledger said applied."""
     from trueup.model import PLAN_SCHEMA
     from trueup.writeback import apply_plan
 
@@ -154,12 +155,13 @@ def test_a_correction_someone_undid_is_written_again_by_the_next_run(home, confi
     em = config.systems.entity("crm", "customer")
     with serve(db) as srv:
         crm = RestSystem("crm", srv.url, config.systems.systems["crm"])
-        first = apply_plan(crm, "crm", "customer", em, plan, scope="run-1")
-        with closing(sqlite3.connect(db)) as con:  # the rep's undo
-            con.execute("UPDATE accounts SET city = 'Lyon' WHERE id = ?", [acc])
+        first = apply_plan(crm, "crm", "customer", em, plan)
+        with closing(sqlite3.connect(db)) as con:  # the rep's undo (the CRM stamps every edit)
+            con.execute("UPDATE accounts SET city = 'Lyon', updated_at = ? WHERE id = ?",
+                        [datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"), acc])
             con.commit()
-        again = apply_plan(crm, "crm", "customer", em, plan, scope="run-2")
-        retried = apply_plan(crm, "crm", "customer", em, plan, scope="run-2")  # in place now: not sent
+        again = apply_plan(crm, "crm", "customer", em, plan)
+        retried = apply_plan(crm, "crm", "customer", em, plan)  # in place now: not sent
         crm.close()
     assert first.column("status").to_pylist() == again.column("status").to_pylist() == ["applied"]
     assert retried.column("status").to_pylist() == ["unchanged"]

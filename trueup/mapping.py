@@ -53,10 +53,18 @@ class Mapped:
 def _typed(domain: Domain, field: str, v: str) -> str:
     """SQL that parses text/number `v` into the canonical type of `field` (NULL if unreadable)."""
     t = domain.type_of(field)
+    # numbers are read as the system meant them or not at all: a cast alone rounds (12.7 units
+    # -> 13, a price of 12.34567 -> 12.3457) and the guess would be written back as if a system had
+    # said it. Only a binary float's noise is rounded away (0.1 + 0.2 stored as REAL, printed
+    # 0.30000000000000004, is 0.3): a difference within 1e-9 of the value
     if pa.types.is_decimal(t):
-        return f"TRY_CAST(NULLIF(trim(CAST({v} AS VARCHAR)), '') AS DECIMAL({t.precision},{t.scale}))"
+        text = f"NULLIF(trim(CAST({v} AS VARCHAR)), '')"
+        kept, given = f"TRY_CAST({text} AS DECIMAL({t.precision},{t.scale}))", f"TRY_CAST({text} AS DOUBLE)"
+        return (f"CASE WHEN abs({given} - CAST({kept} AS DOUBLE)) <= 1e-9 * greatest(1.0, abs({given})) "
+                f"THEN {kept} END")
     if pa.types.is_integer(t):
-        return f"TRY_CAST(TRY_CAST(NULLIF(trim(CAST({v} AS VARCHAR)), '') AS DECIMAL(38,6)) AS BIGINT)"
+        d = f"TRY_CAST(NULLIF(trim(CAST({v} AS VARCHAR)), '') AS DECIMAL(38,6))"
+        return f"CASE WHEN {d} = trunc({d}) THEN TRY_CAST({d} AS BIGINT) END"
     if pa.types.is_boolean(t):
         s = f"lower(trim(CAST({v} AS VARCHAR)))"
         return (f"CASE WHEN {s} IN ('1','true','t','y','yes') THEN TRUE "
@@ -73,7 +81,8 @@ def _native(domain: Domain, field: str, v: str, raw_type: pa.DataType) -> str | 
     decimals, timestamps): a cast, not a round trip through text. None when text is the way."""
     t = domain.type_of(field)
     if pa.types.is_decimal(t) and (pa.types.is_integer(raw_type) or pa.types.is_decimal(raw_type)):
-        return f"TRY_CAST({v} AS DECIMAL({t.precision},{t.scale}))"
+        kept = f"TRY_CAST({v} AS DECIMAL({t.precision},{t.scale}))"
+        return f"CASE WHEN {kept} = {v} THEN {kept} END"  # more decimals than kept: unreadable, not rounded
     if pa.types.is_integer(t) and pa.types.is_integer(raw_type):
         return f"CAST({v} AS BIGINT)"
     if pa.types.is_timestamp(t) and pa.types.is_timestamp(raw_type):
@@ -83,6 +92,15 @@ def _native(domain: Domain, field: str, v: str, raw_type: pa.DataType) -> str | 
     if pa.types.is_boolean(t) and pa.types.is_boolean(raw_type):
         return v
     return None
+
+
+def _problem(t: pa.DataType) -> str:
+    """What an unreadable value of type `t` is called in the quarantine."""
+    if pa.types.is_decimal(t):
+        return f"not a valid decimal with at most {t.scale} decimals"
+    if pa.types.is_integer(t):
+        return "not a valid whole number"
+    return f"not a valid {t}"
 
 
 def _timestamp(v: str) -> str:
@@ -153,7 +171,7 @@ def to_canonical(
             expr = native or _typed(domain, field, text)
             if not pa.types.is_string(domain.type_of(field)):
                 given = f"{src} IS NOT NULL" if native else f"{text} IS NOT NULL"
-                bad[field] = (fm.column, f"({given} AND ({expr}) IS NULL)", f"not a valid {domain.type_of(field)}")
+                bad[field] = (fm.column, f"({given} AND ({expr}) IS NULL)", _problem(domain.type_of(field)))
         select.append(f"{expr} AS {q(field)}")
     for field, (_, cond, _) in bad.items():
         select.append(f"{cond} AS {q('__bad_' + field)}")

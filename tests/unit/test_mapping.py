@@ -102,3 +102,22 @@ def test_a_staged_domain_gives_each_systems_rows_back_without_filtering(config):
     assert sorted(staged.rows_of("wms").column("source_key").to_pylist()) == ["S1", "S3"]  # the keyless row: an issue
     assert staged.rows_of("erp").num_rows == 0
     assert set(staged.rows_of("wms").column("source_system").to_pylist()) == {"wms"}
+
+
+def test_numbers_with_more_precision_than_kept_are_issues_not_rounded(config):
+    """12.7 units is not 13 and a price of 12.34567 is not 12.3457: a rounded guess would be
+    written back as if a system had said it. A binary float's noise is not precision."""
+    t = pa.table({"price_list": ["L"] * 4, "item_number": ["S1", "S2", "S3", "S4"], "uom": ["ea"] * 4,
+                  "min_qty": ["1", "2.0", "2.5", "1"], "currency": ["usd"] * 4,
+                  "unit_price": ["12.34567", "12.3456", "0.30000000000000004", "abc"],
+                  "valid_from": ["2026-01-01"] * 4, "valid_to": [None] * 4, "is_promo": [0] * 4,
+                  "is_active": [1] * 4, "updated_at": ["2026-01-01 00:00:00"] * 4})
+    m = to_canonical(t, system="erp", entity="price", mapping=config.systems.entity("erp", "price"))
+    rows = {r["source_key"].split("|")[1]: r for r in m.staged.to_pylist()}
+    assert rows["S1"]["unit_price"] is None and rows["S2"]["unit_price"] == Decimal("12.3456")
+    assert rows["S3"]["unit_price"] == Decimal("0.3000") and rows["S2"]["min_qty"] == 2
+    assert rows["S3"]["min_qty"] is None
+    got = {(r["source_key"].split("|")[1], r["field"], r["problem"]) for r in m.issues.to_pylist()}
+    assert got == {("S1", "unit_price", "not a valid decimal with at most 4 decimals"),
+                   ("S4", "unit_price", "not a valid decimal with at most 4 decimals"),
+                   ("S3", "min_qty", "not a valid whole number")}

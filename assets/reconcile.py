@@ -12,6 +12,7 @@ from resources.project import BUCKET_META, COLUMNS_META, TrueupSettings
 from resources.state import StateStoreResource
 from trueup import matching, reconcile, steps
 from trueup.crosswalk import CrosswalkStore
+from trueup.pii import scrub
 
 GATE_KEY = b"trueup.gate"  # plan metadata: {system: reason} for systems nothing may be written to
 
@@ -262,5 +263,5 @@ def report_outcomes(context: dg.AssetExecutionContext, domain: str, system: str,
     if failed.num_rows and failed.num_rows == sent.num_rows:
         raise dg.Failure(
             description=f"write-back to {system} ({domain}) failed for all {failed.num_rows} changes: "
-                        f"{failed.column('error')[0].as_py()}",
+                        f"{scrub(failed.column('error')[0].as_py())}",
             metadata={"changes": out.num_rows})

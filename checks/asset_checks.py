@@ -12,6 +12,7 @@ import dagster as dg
 from checks.contracts import ContractResult
 from checks.gates import GateResult
 from checks.schema import SchemaResult
+from trueup.pii import scrub
 
 SAMPLE = 20
 
@@ -40,7 +41,7 @@ def contract_result(r: ContractResult, quarantined: int) -> dg.AssetCheckResult:
     lines = ["| expectation | field | severity | unexpected | sample keys |", "|---|---|---|---:|---|"]
     for e in failed:
         lines.append(f"| {e.id} | {e.field or '-'} | {e.severity} | {e.unexpected_count} | "
-                     f"{', '.join(e.keys[:5]) or (e.error or '-')} |")
+                     f"{', '.join(e.keys[:5]) or (scrub(e.error) or '-')} |")
     return dg.AssetCheckResult(
         check_name=f"contract_{r.system}", passed=not failed,
         severity=dg.AssetCheckSeverity.ERROR if not r.passed else dg.AssetCheckSeverity.WARN,

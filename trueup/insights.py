@@ -2,7 +2,8 @@
 of sync, where, how bad (units, money), for how long, and what trueup did about it.
 
 Every figure is an aggregate plus the rows behind it; both are Arrow tables computed with DuckDB.
-Emails, phones and tax ids are masked in every table this module returns.
+Emails, phones and tax ids are masked in every table this module returns, in the values and in
+error text a system echoed them into (`trueup.pii`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pyarrow as pa
 
 from trueup.config import ReportSettings
 from trueup.duck import connect, fetch, literal, sql_type
+from trueup.pii import SCRUB_MACRO
 from trueup.steps import WRITEBACK_SCHEMA
 
 PII_FIELDS = ("email", "phone", "tax_id")
@@ -144,11 +146,12 @@ def build(facts: RunFacts) -> tuple[dict[str, Figure], dict, pa.Table]:
     s = facts.settings
     con = connect()
     con.execute(MASK_MACRO)
+    con.execute(SCRUB_MACRO)
     con.register("o_raw", facts.outcomes.cast(WRITEBACK_SCHEMA))
     con.execute(f"""CREATE TEMP TABLE o AS SELECT change_id, {DISCREPANCY_KEY_SQL} AS discrepancy_key, domain,
                            target_system, action, golden_id, target_key, field,
                            mask(field, old_value) AS old_value, mask(field, new_value) AS new_value,
-                           source_system, rule, severity, status, error, attempts,
+                           source_system, rule, severity, status, scrub(error) AS error, attempts,
                            {CATEGORY_SQL} AS outcome
                     FROM o_raw""")
     _source(con, "m", {d: facts.matched[d] for d in sorted(facts.matched)}, MATCHED_COLUMNS, domain_column=True)

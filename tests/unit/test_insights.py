@@ -149,7 +149,10 @@ def test_report_reads_review_queue_dead_letters_and_approvals_when_present_and_d
 
     store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
     out = _outcomes([{"status": "applied"}, {"status": "pending_approval", "field": "credit_limit"},
-                     {"status": "retryable_error", "field": "phone", "new_value": "+15125550100"}])
+                     {"status": "retryable_error", "field": "phone", "new_value": "+15125550100",
+                      # a system echoing the record into its error (what PostgreSQL's unique violation does)
+                      "error": "erp.customer: Key (email)=(bob.smith@acme.example) already exists; "
+                               "failing row contains (C1, +1 (512) 555-0199, 98-7651432)"}])
     summary = {"run_id": "r1", "dry_run": False}
     _, headline, _ = report.exception_report(store, Warehouse(tmp_path / "wh"), config, summary, out,
                                              tmp_path / "reports", domains=["customer"])
@@ -168,6 +171,10 @@ def test_report_reads_review_queue_dead_letters_and_approvals_when_present_and_d
     assert (headline["review_queue"], headline["dead_letters"]) == (2, 1)
     page = path.read_text()
     assert "Review queue" in page and "+15125550100" not in page
+    written = page + "".join(f.read_text() for f in (tmp_path / "reports").rglob("*.csv"))
+    assert "already exists" in written  # the error is shown, its personal data masked
+    for pii in ("bob.smith", "555-0199", "7651432", "5125550100"):
+        assert pii not in written, pii
     assert [r["run_id"] for r in store.kpis().to_pylist()].count("r2") > 0
 
 

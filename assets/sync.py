@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from assets.reconcile import GATE_KEY, gate_plan, report_outcomes, writeback_targets
 from checks.asset_checks import gate_spec
+from checks.contracts import Severities, changed_rows_issues
 from trueup import incremental, matching, steps
 from trueup.crosswalk import CrosswalkStore
 from trueup.incremental import PARTITION
@@ -70,10 +71,15 @@ def changes_asset(domain: str, systems: list[str], partitions) -> dg.AssetsDefin
         if watermark_mode(context):
             for s, hw in ch.high_water.items():
                 store.stage_watermark(context.run_id, s, domain, hw)
-        store.record_quarantine(context.run_id, ch.issues)
-        trueup.warehouse.write(ch.issues, "quarantine", "sync", domain, _label(context))
+        # the nightly's contract clauses a changed record answers alone: held here as there
+        issues = pa.concat_tables([ch.issues, changed_rows_issues(domain, ch.table, cfg,
+                                                                   Severities(trueup.contracts_path))])
+        store.record_quarantine(context.run_id, issues)
+        trueup.warehouse.write(issues, "quarantine", "sync", domain, _label(context))
         context.add_output_metadata({
             "changed_records": ch.table.num_rows,
+            "quarantined_records": len(set(zip(*issues.filter(pc.equal(issues.column("severity"), "error"))
+                                               .select(["source_system", "source_key"]).to_pydict().values()))),
             "tombstones": int(pc.sum(ch.table.column("deleted")).as_py() or 0),
             **{f"rows_read_{s}": n for s, n in ch.read.items()},
             **{f"since_{s}": str(v) for s, v in since.items()},

@@ -319,3 +319,26 @@ def test_sync_keeps_a_wrong_cross_reference_apart_as_the_nightly_did(reconciled,
     changes = pq.read_table(home / "warehouse" / "customer_changes" /
                             f"{result.dagster_run.tags['dagster/partition']}.parquet").to_pandas()
     assert set(wrong) <= set(changes["source_key"])  # the sync did read the edits
+
+
+def test_sync_holds_a_change_the_nightly_contract_would_quarantine(reconciled, tmp_path):
+    # a CRM rep types an email without the domain's dot: the nightly contract (email_format)
+    # quarantines such a record; the hourly sync must hold it too, not carry it to the ERP
+    home = _copy(reconciled, tmp_path)
+    stamp = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    with closing(sqlite3.connect(home / "demo" / "crm" / "crm.sqlite")) as crm:
+        good, bad = [r[0] for r in crm.execute(
+            "SELECT id FROM accounts WHERE erp_number IS NOT NULL AND coalesce(deleted, 'false') <> 'true' "
+            "AND email IS NOT NULL ORDER BY id LIMIT 2")]
+        crm.executemany("UPDATE accounts SET email = ?, updated_at = ? WHERE id = ?",
+                        [(f"ap.{good.lower()}@fixed.example.com", stamp, good), ("ap@examplecom", stamp, bad)])
+        crm.commit()
+    result = _sync(home)
+    assert result.success
+    ledger = _store(home).ledger(result.run_id).to_pandas()
+    emails = ledger[ledger["field"] == "email"]
+    assert f"ap.{good.lower()}@fixed.example.com" in set(emails["new_value"])  # a valid change still flows
+    assert "ap@examplecom" not in set(ledger["new_value"].dropna())
+    held = _store(home).quarantined(result.run_id).to_pandas()
+    held = held[held["source_key"] == bad]
+    assert held["problem"].tolist() == ["contract email_format failed"] and held["severity"].tolist() == ["error"]

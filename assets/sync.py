@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from assets.reconcile import GATE_KEY, gate_plan, report_outcomes, writeback_targets
 from checks.asset_checks import gate_spec
-from checks.contracts import Severities, changed_rows_issues
+from checks.contracts import Severities, row_issues
 from trueup import incremental, matching, steps
 from trueup.crosswalk import CrosswalkStore
 from trueup.incremental import PARTITION
@@ -72,8 +72,7 @@ def changes_asset(domain: str, systems: list[str], partitions) -> dg.AssetsDefin
             for s, hw in ch.high_water.items():
                 store.stage_watermark(context.run_id, s, domain, hw)
         # the nightly's contract clauses a changed record answers alone: held here as there
-        issues = pa.concat_tables([ch.issues, changed_rows_issues(domain, ch.table, cfg,
-                                                                   Severities(trueup.contracts_path))])
+        issues = pa.concat_tables([ch.issues, row_issues(domain, ch.table, cfg, Severities(trueup.contracts_path))])
         store.record_quarantine(context.run_id, issues)
         trueup.warehouse.write(issues, "quarantine", "sync", domain, _label(context))
         context.add_output_metadata({
@@ -109,14 +108,18 @@ def sync_plan_asset(domain: str, systems: list[str], partitions, config) -> dg.A
         wh = trueup.warehouse
         clients = {s: getattr(context.resources, s).client(cfg) for s in systems}
         depends = incremental.depends_table(domain, {dep[0]: up["upstream"]}) if dep else None
+        severities = Severities(trueup.contracts_path)
         links, apart = matching.persisted(wh.read("state", "match_links", domain),
                                           wh.read("match_exceptions", domain))
         xw = CrosswalkStore(wh, domain)
         res = incremental.sync_plan(domain, changes, clients, cfg, xw,
                                     issues=wh.read("quarantine", "sync", domain, _label(context)),
                                     depends=depends, links=links, apart=apart,
-                                    extracted_at=datetime.now(timezone.utc))
+                                    extracted_at=datetime.now(timezone.utc),
+                                    contract=lambda d, records: row_issues(d, records, cfg, severities))
         xw.add(res.crosswalk)
+        if res.counterpart_issues is not None:  # the changes' own were recorded by the changes step
+            context.resources.state.store().record_quarantine(context.run_id, res.counterpart_issues)
         # the same gate as the nightly plan; a system's records are every record of it the
         # crosswalk knows (a sync run reads only the changed ones)
         plan, blocked, checks = gate_plan(context, domain, res.plan, xw.keys_of(res.plan), cfg,

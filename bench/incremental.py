@@ -53,7 +53,7 @@ def run_mode(mode: str, home: Path, lookback_minutes: float | None = None) -> di
     import pyarrow as pa
 
     from assets.reconcile import _reference
-    from checks.contracts import Severities, changed_rows_issues, validate
+    from checks.contracts import Severities, row_issues, validate
     from sandbox.crm import serve_process
     from sandbox.wms import WmsSandbox
     from trueup import incremental, reconcile, steps
@@ -129,7 +129,7 @@ def run_mode(mode: str, home: Path, lookback_minutes: float | None = None) -> di
                 for x, hw in ch.high_water.items():
                     state.stage_watermark(run_id, x, domain, hw)
                 # as the sync's changes asset: the contract clauses a changed record answers alone
-                ch.issues = pa.concat_tables([ch.issues, changed_rows_issues(domain, ch.table, config, severities)])
+                ch.issues = pa.concat_tables([ch.issues, row_issues(domain, ch.table, config, severities)])
                 changed[domain] = ch
                 rows_read += sum(ch.read.values())
                 lap(f"{domain}: read changes", t)
@@ -138,7 +138,8 @@ def run_mode(mode: str, home: Path, lookback_minutes: float | None = None) -> di
                 xw = CrosswalkStore(wh, domain)
                 res = incremental.sync_plan(
                     domain, changed[domain].table, clients, config, xw, issues=changed[domain].issues,
-                    depends=incremental.depends_table(domain, {d: c.table for d, c in changed.items()}))
+                    depends=incremental.depends_table(domain, {d: c.table for d, c in changed.items()}),
+                    contract=lambda d, records: row_issues(d, records, config, severities))
                 xw.add(res.crosswalk)
                 rows_read += sum(res.figures["counterparts_read"].values())
                 t = lap(f"{domain}: counterparts, match, golden, plan", t)

@@ -338,15 +338,17 @@ def validate(system: str, entity: str, staged: pa.Table, config: Config, severit
     return ContractResult(system, entity, staged.num_rows, list(by_id.values()))
 
 
-def changed_rows_issues(domain: str, changes: pa.Table, config: Config, severities: Severities) -> pa.Table:
-    """The contract clauses a changed record answers by itself, run on a sync's changed records
-    (each system's live ones): what fails at error severity is quarantined as in the nightly
-    run, so the hourly sync never writes a value the nightly would hold (an email without a
-    domain dot, a negative stock count, a price valid to before it is valid from)."""
+def row_issues(domain: str, records: pa.Table, config: Config, severities: Severities) -> pa.Table:
+    """The contract clauses a record answers by itself, run on some records of a domain (a sync's
+    changed records and the counterparts it reads; each system's live ones): what fails at error
+    severity is quarantined as in the nightly run, so the hourly sync never writes a value the
+    nightly would hold (an email without a domain dot, a negative stock count, a price valid to
+    before it is valid from). Not the clauses about other records (a ship-to's sold-to, a SKU in
+    the item master): those are the nightly run's."""
     import pyarrow.compute as pc
 
     schema = DOMAINS[domain].schema
-    live = changes.filter(pc.invert(changes.column("deleted"))) if "deleted" in changes.column_names else changes
+    live = records.filter(pc.invert(records.column("deleted"))) if "deleted" in records.column_names else records
     out = [ISSUE_SCHEMA.empty_table()]
     for system in pc.unique(live.column("source_system")).to_pylist():
         rows = live.filter(pc.equal(live.column("source_system"), system)).select(schema.names).cast(schema)

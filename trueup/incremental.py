@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
@@ -41,15 +42,20 @@ DEPENDS_ON = {"product": ("price", "sku")}
 
 def high_water(client, entity: str, raw: pa.Table, updated_at: str | None) -> datetime | None:
     """The newest change a read saw: a file drop's export time, else the largest change timestamp
-    in the rows that is not after now (None when there is none to go by). A row stamped in the
+    in the rows, never after now (None when there is none to go by). A row stamped in the
     future (a typo, a bad import, a clock far ahead) would otherwise carry the watermark past every
     change to come; it is left out and logged, and stays after the watermark, so each sync reads it."""
+    now = datetime.now(timezone.utc)
     drops = getattr(client, "read_drop", None)
-    if drops is not None:
-        return drops.get(entity)
+    if drops is not None:  # a drop stamped ahead (the 3PL's clock) is read again until its time
+        exported = drops.get(entity)
+        if exported is not None and exported > now:
+            log.warning("%s.%s: drop exported after now (%s): the watermark stays at now",
+                        getattr(client, "name", "?"), entity, exported.isoformat())
+            return now
+        return exported
     if not updated_at or updated_at not in raw.column_names or raw.num_rows == 0:
         return None
-    now = datetime.now(timezone.utc)
     con = connect()
     con.register("raw", raw.select([updated_at]))
     v, ahead, furthest = con.execute(
@@ -133,23 +139,27 @@ class SyncResult:
     plan: pa.Table  # PLAN_SCHEMA + partition_key
     matched: pa.Table
     crosswalk: pa.Table  # what the run adds to the crosswalk: records new to it or moved
-    issues: pa.Table
+    issues: pa.Table  # every issue the match held records for: the changes' and the counterparts'
     tombstones: pa.Table
     figures: dict = field(default_factory=dict)
+    counterpart_issues: pa.Table | None = None  # the counterparts' alone (for the quarantine: new this run)
 
 
 def sync_plan(domain: str, changes: pa.Table, clients: dict, config: Config,
               crosswalk: CrosswalkStore,
               *, issues: pa.Table | None = None, depends: pa.Table | None = None,
               links: pa.Table | None = None, apart: pa.Table | None = None,
-              as_of: date | None = None, extracted_at: datetime | None = None) -> SyncResult:
+              as_of: date | None = None, extracted_at: datetime | None = None,
+              contract: Callable[[str, pa.Table], pa.Table] | None = None) -> SyncResult:
     """The plan for the golden records `changes` touch (plus `depends`: extra match keys with
     their partition, e.g. the SKUs of changed prices for products), each plan row tagged with the
     earliest day a change touched its golden record. The crosswalk is read by key (the store's
     files are queried, not loaded); the result's `crosswalk` is only what the run adds to it.
     `links` / `apart` are the last full run's matching decisions (`matching.persisted`): a record
     it set apart (a wrong cross-reference, a duplicate account, a match awaiting review) is not
-    corrected on its key's word here either."""
+    corrected on its key's word here either. `contract(domain, records)` gives the issues of the
+    counterparts read (the changes' own come in `issues`): a record the nightly would hold for
+    its data contract is held here too, changed or not."""
     con = connect()
     if not crosswalk.register(con, "crosswalk"):
         con.close()
@@ -208,7 +218,9 @@ def sync_plan(domain: str, changes: pa.Table, clients: dict, config: Config,
     dead_changes = changes.filter(changes.column("deleted")).select(schema.names).cast(schema)
     subset = pa.concat_tables([live_changes, fetched.table])
     tombstones = pa.concat_tables([dead_changes, fetched.tombstones])
-    all_issues = pa.concat_tables([issues if issues is not None else ISSUE_SCHEMA.empty_table(), fetched.issues])
+    read_issues = pa.concat_tables([fetched.issues] + ([contract(domain, fetched.table)]
+                                                       if contract and fetched.table.num_rows else []))
+    all_issues = pa.concat_tables([issues if issues is not None else ISSUE_SCHEMA.empty_table(), read_issues])
 
     # the crosswalk rows this match can meet: the touched golden records' members, the records
     # read, and their parents (a ship-to keeps its sold-to's golden id). The changes' own keys
@@ -254,7 +266,7 @@ def sync_plan(domain: str, changes: pa.Table, clients: dict, config: Config,
     figures = {"changed_rows": changes.num_rows, "golden_records_touched": affected.num_rows,
                "counterparts_read": {s: t.num_rows for s, t in fetched_raw.items()},
                "records_reconciled": matched.num_rows, "changes_planned": plan.num_rows}
-    return SyncResult(plan, matched, moved, all_issues, tombstones, figures)
+    return SyncResult(plan, matched, moved, all_issues, tombstones, figures, read_issues)
 
 
 def depends_table(domain: str, upstream_changes: dict[str, pa.Table]) -> pa.Table | None:

@@ -56,14 +56,15 @@ def _typed(domain: Domain, field: str, v: str) -> str:
     # numbers are read as the system meant them or not at all: a cast alone rounds (12.7 units
     # -> 13, a price of 12.34567 -> 12.3457) and the guess would be written back as if a system had
     # said it. Only a binary float's noise is rounded away (0.1 + 0.2 stored as REAL, printed
-    # 0.30000000000000004, is 0.3): a difference within 1e-9 of the value
+    # 0.30000000000000004, is 0.3): a difference within 1e-12 of the value (a double's own error
+    # is ~1e-16; 1e-9 let 10000000.00005 round at scale 4)
     if pa.types.is_decimal(t):
         text = f"NULLIF(trim(CAST({v} AS VARCHAR)), '')"
         kept, given = f"TRY_CAST({text} AS DECIMAL({t.precision},{t.scale}))", f"TRY_CAST({text} AS DOUBLE)"
-        return (f"CASE WHEN abs({given} - CAST({kept} AS DOUBLE)) <= 1e-9 * greatest(1.0, abs({given})) "
+        return (f"CASE WHEN abs({given} - CAST({kept} AS DOUBLE)) <= 1e-12 * greatest(1.0, abs({given})) "
                 f"THEN {kept} END")
     if pa.types.is_integer(t):
-        d = f"TRY_CAST(NULLIF(trim(CAST({v} AS VARCHAR)), '') AS DECIMAL(38,6))"
+        d = f"TRY_CAST(NULLIF(trim(CAST({v} AS VARCHAR)), '') AS DECIMAL(38,18))"
         return f"CASE WHEN {d} = trunc({d}) THEN TRY_CAST({d} AS BIGINT) END"
     if pa.types.is_boolean(t):
         s = f"lower(trim(CAST({v} AS VARCHAR)))"

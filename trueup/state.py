@@ -244,14 +244,18 @@ def _drop_temporary(c: sa.Connection, name: str) -> None:
     c.exec_driver_sql(f"DROP {temporary}TABLE IF EXISTS {name}")
 
 
-def _earlier_attempt(outcome: dict) -> dict:
-    """The outcome of a change an earlier attempt of the same step had sent: found in place, it
-    was applied (by that attempt); otherwise the new outcome, saying the change had been sent."""
+def _earlier_attempt(outcome: dict, earlier: str) -> dict:
+    """The outcome of a change an earlier attempt of the same step had sent (`earlier`: its
+    ledger status then, `applied` or `attempting`). Applied then, it stays applied whatever the
+    retry found (trueup made that change); sent without an answer and found in place now, it was
+    applied by that send; otherwise the retry's outcome, noting the earlier send."""
     note = "an earlier attempt of this run's write-back sent it"
-    if outcome["status"] == "unchanged":
-        return {**outcome, "status": "applied", "error": f"{note}; found in place", "attempts": 1}
     if outcome["status"] == "applied":
         return outcome
+    if earlier == "applied" or outcome["status"] == "unchanged":
+        now = "found in place" if outcome["status"] == "unchanged" else \
+            f"the retry then: {outcome['status']}: {outcome['error']}"
+        return {**outcome, "status": "applied", "error": f"{note}; {now}", "attempts": max(outcome["attempts"] or 0, 1)}
     return {**outcome, "error": f"{note}; now: {outcome['error']}"}
 
 
@@ -297,7 +301,7 @@ class StateStore:
         self.engine = sa.create_engine(url, future=True)
         self._journal_begun: dict[tuple[str, str], set[str]] = {}  # (run, entity) -> changes cleared
         # (run, entity) -> changes an earlier attempt of the same step sent (applied or in flight)
-        self._sent_earlier: dict[tuple[str, str], set[str]] = {}
+        self._sent_earlier: dict[tuple[str, str], dict[str, str]] = {}  # change -> its status then
         if self.engine.dialect.name == "sqlite":
             # parallel steps append from several processes: WAL lets readers and one writer share
             @sa.event.listens_for(self.engine, "connect")
@@ -404,12 +408,12 @@ class StateStore:
     def begin_journal(self, run_id: str, entity: str, change_ids: list[str]) -> None:
         """Before a write-back journals these changes batch by batch: a re-executed step's earlier
         rows for them are removed now, once, so each batch is a plain insert. What that earlier
-        attempt sent is remembered: found in place now, it is still trueup's write (`record`)."""
+        attempt sent is remembered: it is still trueup's write (`record`, `_earlier_attempt`)."""
         with self.engine.begin() as c:
             removed = self._delete_run_rows(c, run_id, entity, change_ids)
         self._journal_begun.setdefault((run_id, entity), set()).update(change_ids)
-        self._sent_earlier.setdefault((run_id, entity), set()).update(
-            cid for cid, status in removed if status in ("applied", "attempting"))
+        self._sent_earlier.setdefault((run_id, entity), {}).update(
+            (cid, status) for cid, status in removed if status in ("applied", "attempting"))
 
     def record_attempting(self, run_id: str, entity: str, plan: pa.Table) -> str | None:
         """Journal the changes about to be sent, before they are sent: if the run dies mid-write,
@@ -440,8 +444,8 @@ class StateStore:
         by_id = {r["change_id"]: r for r in _rows(outcomes)}
         ordered = [by_id[cid] for cid in plan.column("change_id").to_pylist()]
         sent = self._sent_earlier.get((run_id, entity))
-        if sent:  # a retried step: its first attempt's writes, found in place now, are still trueup's
-            ordered = [_earlier_attempt(o) if o["change_id"] in sent else o for o in ordered]
+        if sent:  # a retried step: its first attempt's writes are still trueup's
+            ordered = [_earlier_attempt(o, sent[o["change_id"]]) if o["change_id"] in sent else o for o in ordered]
         now = _now()
         columns = self._ledger_columns(run_id, entity, plan, {k: [o[k] for o in ordered]
                                                               for k in ("status", "error", "attempts")}, now)

@@ -15,6 +15,7 @@ from trueup.config import Config
 from trueup.duck import connect, fetch
 from trueup.mapping import ISSUE_SCHEMA, to_canonical
 from trueup.model import DOMAINS, OUTCOME_SCHEMA, PLAN_SCHEMA
+from trueup.pii import scrub
 from trueup.state import StateStore
 from trueup.writeback import ApplyFailed, SystemClient, WriteResult, apply_plan, live_values
 
@@ -175,7 +176,7 @@ def writeback(domain: str, plan: pa.Table, clients: dict[str, SystemClient], con
                                  plan_rows, journal=journal)
         except Exception as exc:  # the whole system failed: say so, keep the others going
             cause = exc.__cause__ if isinstance(exc, ApplyFailed) and exc.__cause__ else exc
-            log.error("write-back to %s.%s failed: %s", system, domain, cause)
+            log.error("write-back to %s.%s failed: %s", system, domain, scrub(str(cause)))
             failed = WriteResult("retryable_error", f"{system}.{domain}: {type(cause).__name__}: {cause}"[:500])
             # what was decided before the failure keeps its outcome; only the rest failed
             known = {**(exc.outcomes if isinstance(exc, ApplyFailed) else {}), **recorded}

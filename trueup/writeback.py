@@ -97,6 +97,7 @@ def split_key(key: str, cols: list[str]) -> dict[str, str]:
 
 Journal = Callable[[list[str], "list[WriteResult] | None"], None]
 VERSION = "__version"  # live_values' field for a record's change time
+UNREADABLE = "\x00unreadable\x00"  # live_values' value for one the system holds and trueup cannot read
 
 
 class ApplyFailed(RuntimeError):
@@ -116,10 +117,14 @@ def live_values(client: SystemClient, system: str, entity: str, mapping: EntityM
     has a row per field even when the value is null, and one with field VERSION: its change time."""
     keys = sorted(set(plan.column("target_key").to_pylist()))
     live_raw = client.fetch_live(entity, keys)
-    live = to_canonical(live_raw, system=system, entity=entity, mapping=mapping).staged
+    mapped = to_canonical(live_raw, system=system, entity=entity, mapping=mapping)
+    live = mapped.staged
     fields = sorted(set(plan.column("field").to_pylist()))
     con = connect()
     con.register("live", live)
+    # a value the system holds but trueup cannot read is not an empty one: it equals no old value,
+    # so a correction over it is judged stale (someone typed something), never written over it
+    con.register("unreadable", mapped.issues.select(["source_key", "field"]))
     unpivot = " UNION ALL ".join(
         f"SELECT source_key, '{f}' AS field, CAST(\"{f}\" AS VARCHAR) AS live_value FROM live"
         for f in fields if f in live.column_names
@@ -129,7 +134,11 @@ def live_values(client: SystemClient, system: str, entity: str, mapping: EntityM
     unpivot = (unpivot + " UNION ALL " if unpivot else "") + \
         "SELECT source_key, NULL AS field, NULL AS live_value FROM live UNION ALL " \
         f"SELECT source_key, '{VERSION}' AS field, CAST(source_updated_at AS VARCHAR) AS live_value FROM live"
-    out = fetch(con, f"SELECT DISTINCT * FROM ({unpivot})")
+    out = fetch(con, f"""SELECT DISTINCT u.source_key, u.field,
+                                CASE WHEN b.field IS NOT NULL THEN $1 ELSE u.live_value END AS live_value
+                         FROM ({unpivot}) u LEFT JOIN (SELECT DISTINCT source_key, field FROM unreadable
+                                                      WHERE field IS NOT NULL) b USING (source_key, field)""",
+                [UNREADABLE])
     con.close()
     return out
 

@@ -342,3 +342,30 @@ def test_sync_holds_a_change_the_nightly_contract_would_quarantine(reconciled, t
     held = _store(home).quarantined(result.run_id).to_pandas()
     held = held[held["source_key"] == bad]
     assert held["problem"].tolist() == ["contract email_format failed"] and held["severity"].tolist() == ["error"]
+
+
+def test_sync_holds_a_counterpart_the_nightly_contract_would_quarantine(reconciled, tmp_path):
+    # the CRM account's email is unreadable as an email, not changed since the watermark (the
+    # nightly held it); the ERP edits the same customer's city: the sync reads the CRM account as
+    # the counterpart and must hold it as the nightly did, not carry its email to the ERP
+    home = _copy(reconciled, tmp_path)
+    with closing(sqlite3.connect(home / "demo" / "crm" / "crm.sqlite")) as crm:
+        acc, number = crm.execute(
+            "SELECT id, erp_number FROM accounts WHERE erp_number IS NOT NULL AND type = 'Sold To' "
+            "AND coalesce(deleted, 'false') <> 'true' AND email IS NOT NULL ORDER BY id LIMIT 1").fetchone()
+        crm.execute("UPDATE accounts SET email = 'ap@examplecom' WHERE id = ?", [acc])  # no new updated_at
+        crm.commit()
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    with closing(sqlite3.connect(home / "demo" / "erp.sqlite")) as erp:
+        email_before = erp.execute("SELECT email FROM erp_customer WHERE customer_number = ?", [number]).fetchone()[0]
+        erp.execute("UPDATE erp_customer SET city = 'Springfield', updated_at = ? WHERE customer_number = ?",
+                    [now, number])
+        erp.commit()
+    result = _sync(home)
+    assert result.success
+    assert "ap@examplecom" not in set(_store(home).ledger(result.run_id).to_pandas()["new_value"].dropna())
+    with closing(sqlite3.connect(home / "demo" / "erp.sqlite")) as erp:
+        assert erp.execute("SELECT email FROM erp_customer WHERE customer_number = ?", [number]).fetchone()[0] \
+            == email_before
+    held = _store(home).quarantined(result.run_id).to_pandas()
+    assert (held[held["source_key"] == acc]["problem"] == "contract email_format failed").any()

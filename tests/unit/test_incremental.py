@@ -73,6 +73,10 @@ def test_a_future_dated_row_never_carries_the_watermark_past_now(caplog):
     assert "crm.customer" in caplog.text and "1 row" in caplog.text and "2099" in caplog.text
     only_future = raw.filter(pa.compute.equal(raw.column("id"), "A3"))
     assert high_water(crm, "customer", only_future, "updated_at") is None
+    wms = SimpleNamespace(name="wms", read_drop={"inventory": now + timedelta(hours=3)})  # the 3PL's clock ahead
+    assert now <= high_water(wms, "inventory", raw, None) <= datetime.now(timezone.utc)
+    wms.read_drop["inventory"] = newest
+    assert high_water(wms, "inventory", raw, None) == newest
 
 
 def test_deleted_rows_are_split_off_as_tombstones():

@@ -178,3 +178,19 @@ def test_an_older_store_gains_the_new_indexes_and_loses_the_retired_ones(tmp_pat
     assert {"ix_ledger_unsettled", "ix_ledger_run_batch"} <= names
     assert not names & {"ix_ledger_change_id", "ix_ledger_run_change", "ix_ledger_attempting"}
     engine.dispose()
+
+
+def test_a_change_applied_before_a_failed_retry_stays_applied(db_url):
+    """The retry could not even read the system (every change `retryable_error`): the change its
+    first attempt applied is still applied, not a failure with a dead letter."""
+    first = StateStore(db_url)
+    first.begin_journal("run-1", "price", ["c1", "c2"])
+    batch = first.record_attempting("run-1", "price", _plan(["c1"]))
+    first.record("run-1", "price", _plan(["c1"]), _outcomes(["c1"], ["applied"]), batch_id=batch)
+    retry = StateStore(db_url)
+    retry.begin_journal("run-1", "price", ["c1", "c2"])
+    retry.record("run-1", "price", _plan(["c1", "c2"]), _outcomes(["c1", "c2"], ["retryable_error"] * 2))
+    led = {r["change_id"]: r for r in retry.ledger("run-1").to_pylist()}
+    assert (led["c1"]["status"], led["c2"]["status"]) == ("applied", "retryable_error")
+    assert "earlier attempt" in led["c1"]["error"] and "retryable_error" in led["c1"]["error"]
+    assert retry.dead_letters().column("change_id").to_pylist() == ["c2"]

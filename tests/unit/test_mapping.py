@@ -105,11 +105,11 @@ def test_a_staged_domain_gives_each_systems_rows_back_without_filtering(config):
 
 
 def test_numbers_with_more_precision_than_kept_are_issues_not_rounded(config):
-    """12.7 units is not 13 and a price of 12.34567 is not 12.3457: a rounded guess would be
-    written back as if a system had said it. A binary float's noise is not precision."""
+    """2.5 is not a quantity and a price of 10000000.00005 is not 10000000.0001: a rounded guess
+    would be written back as if a system had said it. A binary float's noise is not precision."""
     t = pa.table({"price_list": ["L"] * 4, "item_number": ["S1", "S2", "S3", "S4"], "uom": ["ea"] * 4,
-                  "min_qty": ["1", "2.0", "2.5", "1"], "currency": ["usd"] * 4,
-                  "unit_price": ["12.34567", "12.3456", "0.30000000000000004", "abc"],
+                  "min_qty": ["1", "2.0", "2.5", "1.0000001"], "currency": ["usd"] * 4,
+                  "unit_price": ["10000000.00005", "12.3456", "0.30000000000000004", "abc"],
                   "valid_from": ["2026-01-01"] * 4, "valid_to": [None] * 4, "is_promo": [0] * 4,
                   "is_active": [1] * 4, "updated_at": ["2026-01-01 00:00:00"] * 4})
     m = to_canonical(t, system="erp", entity="price", mapping=config.systems.entity("erp", "price"))
@@ -120,4 +120,4 @@ def test_numbers_with_more_precision_than_kept_are_issues_not_rounded(config):
     got = {(r["source_key"].split("|")[1], r["field"], r["problem"]) for r in m.issues.to_pylist()}
     assert got == {("S1", "unit_price", "not a valid decimal with at most 4 decimals"),
                    ("S4", "unit_price", "not a valid decimal with at most 4 decimals"),
-                   ("S3", "min_qty", "not a valid whole number")}
+                   ("S3", "min_qty", "not a valid whole number"), ("S4", "min_qty", "not a valid whole number")}

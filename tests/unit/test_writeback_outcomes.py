@@ -99,3 +99,22 @@ def test_a_system_failing_mid_apply_keeps_the_outcomes_already_decided(tmp_path)
     decided = {c: r.status for c, r in failed.value.outcomes.items()}
     assert decided == {"c-s1": "applied", "c-s2": "unchanged", "c-s9": "rejected"}  # c-s3: no answer
     assert isinstance(failed.value.__cause__, ConnectionError) and "went away" in str(failed.value)
+
+
+def test_a_correction_over_a_value_the_system_holds_but_trueup_cannot_read_is_stale(tmp_path):
+    """Someone typed 12.34567 into a price trueup planned to fill (old value empty): unreadable is
+    not empty, so the correction is rejected as stale, not written over what they typed."""
+    url = f"sqlite:///{tmp_path / 'erp.sqlite'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as c:
+        c.execute(sa.text("CREATE TABLE price (price_list TEXT, sku TEXT, uom TEXT, min_qty INTEGER, unit_price TEXT, "
+                          "PRIMARY KEY (price_list, sku, uom, min_qty))"))
+        c.execute(sa.text("INSERT INTO price VALUES ('LIST', 'S1', 'EA', 1, '12.34567'), ('LIST', 'S2', 'EA', 1, NULL)"))
+    cfg = SystemsConfig.model_validate({"systems": {"erp": SYSTEM}}).systems["erp"]
+    plan = [_row("c-s1", "LIST|S1|EA|1", None, "3.0000"), _row("c-s2", "LIST|S2|EA|1", None, "4.0000")]
+    out = apply_plan(SqlSystem("erp", url, cfg), "erp", "price", cfg.entities["price"],
+                     pa.Table.from_pylist(plan, schema=PLAN_SCHEMA))
+    assert dict(zip(out.column("change_id").to_pylist(), out.column("status").to_pylist())) == {
+        "c-s1": "rejected", "c-s2": "applied"}
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT unit_price FROM price WHERE sku = 'S1'")).scalar() == "12.34567"

@@ -1,5 +1,6 @@
 """The live read before writing: the rows of exactly the keys asked for, composite and typed
-keys included, read by a join to the keys in a temporary table."""
+keys included, read by a join to the keys in a temporary table. And creates that set
+different columns, each leaving the rest to the table."""
 
 from __future__ import annotations
 
@@ -60,3 +61,40 @@ def test_the_rows_of_exactly_the_keys_asked_for(db_url):
         assert len(rows) == len(set(rows)) and set(rows) == expected, entity
     assert system.fetch_live("price", []).num_rows == 0
     system.engine.dispose()
+
+
+def test_creates_in_one_batch_leave_the_columns_they_do_not_set_to_the_table(db_url):
+    """Two creates in one batch setting different columns: the one without a weight gets the
+    column's default, not NULL; a create landing on a key that exists (a replay) leaves the
+    columns it does not set as they are."""
+    from trueup.writeback import WriteOp
+
+    engine = sa.create_engine(db_url)
+    md = sa.MetaData()
+    item = sa.Table("item", md, sa.Column("sku", sa.String(32), primary_key=True),
+                    sa.Column("description", sa.String(64)),
+                    sa.Column("weight_kg", sa.Numeric(18, 4), server_default=sa.text("1")))
+    md.create_all(engine)
+    with engine.begin() as c:
+        c.execute(item.insert(), [{"sku": "S3", "description": "old", "weight_kg": 7}])
+    engine.dispose()
+    cfg = SystemsConfig.model_validate({"systems": {"erp": yaml.safe_load("""
+kind: sql
+entities:
+  product:
+    table: item
+    key: sku
+    fields:
+      match_key: sku
+      sku: sku
+      description: description
+      weight_kg: {column: weight_kg, transform: decimal4}
+""")}}).systems["erp"]
+    ops = [WriteOp(key="S1", key_values={"sku": "S1"}, action="create", values={"description": "a", "weight_kg": 2}),
+           WriteOp(key="S2", key_values={"sku": "S2"}, action="create", values={"description": "b"}),
+           WriteOp(key="S3", key_values={"sku": "S3"}, action="create", values={"description": "c"})]
+    results = SqlSystem("erp", db_url, cfg).write("product", ops)
+    assert [r.status for r in results] == ["applied"] * 3
+    with sa.create_engine(db_url).connect() as c:
+        got = {s: (d, float(w)) for s, d, w in c.execute(sa.text("SELECT sku, description, weight_kg FROM item"))}
+    assert got == {"S1": ("a", 2.0), "S2": ("b", 1.0), "S3": ("c", 7.0)}

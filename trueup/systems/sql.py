@@ -186,13 +186,15 @@ class SqlSystem:
                 {**{f"v_{c}": b(op.values[c]) for c in cols},
                  **{f"k_{k}": b(v) for k, v in op.key_values.items()}, "v__updated_at": now}
                 for op in group])
-        creates = [op for op in batch if op.action == "create"]
-        if creates:
-            rows = [{**op.key_values, **op.values, **({em.updated_at: now} if em.updated_at else {})}
-                    for op in creates]
-            all_cols = sorted({c for r in rows for c in r})
-            conn.execute(self._upsert(em.table, all_cols, em.key_columns),
-                         [{c: b(r.get(c)) for c in all_cols} for r in rows])
+        # creates grouped by the columns they set, as updates are: a column one create lacks is
+        # left to the table's default (and, on a key that exists, untouched), never bound as NULL
+        created: dict[tuple[str, ...], list[dict]] = {}
+        for op in batch:
+            if op.action == "create":
+                row = {**op.key_values, **op.values, **({em.updated_at: now} if em.updated_at else {})}
+                created.setdefault(tuple(sorted(row)), []).append(row)
+        for cols, rows in created.items():
+            conn.execute(self._upsert(em.table, list(cols), em.key_columns), [{c: b(r[c]) for c in cols} for r in rows])
         adjusts = [op for op in batch if op.action == "adjust"]
         if adjusts:
             adj = em.adjustments

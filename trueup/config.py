@@ -368,6 +368,12 @@ def load_rules(path: str | Path, systems: SystemsConfig) -> RulesConfig:
         for s in drules.create_in:
             if s not in holders:
                 bad(("domains", dname, "create_in", s), f"system {s!r} has no {dname} entity")
+            elif DOMAINS[dname].natural_key:  # a created price or stock row would need its key parts
+                bad(("domains", dname, "create_in", s), f"{dname} records are keyed by "
+                    f"{list(DOMAINS[dname].natural_key)}: trueup does not create them")
+            elif systems.entity(s, dname).create_key is None:
+                bad(("domains", dname, "create_in", s), f"system {s!r} creates {dname} records: its entity "
+                    f"needs `create_key: golden_id` (the key a created record gets)")
         if drules.xref:
             for s in (drules.xref.system, drules.xref.refers_to):
                 if s not in holders:

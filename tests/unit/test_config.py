@@ -88,3 +88,14 @@ def test_code_maps_must_be_reversible(tmp_path):
                                                          "map: {OK: ok, HOLD: hold, BLOCK: hold}"))
     with pytest.raises(ConfigError, match="one-to-one"):
         Config.load(d)
+
+
+def test_create_in_only_where_a_created_record_gets_a_key(tmp_path):
+    from tests.conftest import CONFIG_DIR
+
+    d = _config_dir(tmp_path / "a", CONFIG_DIR, systems_edit=("        create_key: golden_id\n", ""))
+    with pytest.raises(ConfigError, match="needs `create_key: golden_id`"):
+        Config.load(d)
+    d2 = _config_dir(tmp_path / "b", CONFIG_DIR, rules_edit=("\n  price:\n", "\n  price:\n    create_in: {crm: {severity: high}}\n"))
+    with pytest.raises(ConfigError, match="price records are keyed by"):
+        Config.load(d2)

@@ -174,3 +174,25 @@ def test_retry_after_as_seconds_or_an_http_date_is_waited_for_not_a_crash(config
     crm.close()
     assert got.column("id").to_pylist() == ["A1"] and crm.retries == 2
     assert waits[0] == 0.0 and 0 < waits[1] <= 0.02  # the date passed; then the backoff
+
+
+def test_a_look_up_by_ids_follows_the_cursor_when_the_api_answers_fewer_than_asked(config):
+    """The API caps a page at 2 records whatever the limit: the rest of the ids come by cursor,
+    or they would be judged gone and their corrections rejected."""
+    import json
+
+    import httpx
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        ids = request.url.params["ids"].split(",")
+        start = int(request.url.params.get("cursor", "0"))
+        page = ids[start:start + 2]
+        nxt = str(start + 2) if start + 2 < len(ids) else None
+        return httpx.Response(200, content=json.dumps({"data": [{"id": i, "name": f"n{i}"} for i in page],
+                                                       "next_cursor": nxt}))
+
+    crm = RestSystem("crm", "http://crm.test", config.systems.systems["crm"], in_flight=1,
+                     transport=httpx.MockTransport(handler))
+    got = crm.fetch_live("customer", ["A1", "A2", "A3", "A4", "A5"])
+    crm.close()
+    assert sorted(got.column("id").to_pylist()) == ["A1", "A2", "A3", "A4", "A5"]

@@ -240,7 +240,9 @@ class RestSystem:
 
     def fetch_live(self, entity: str, keys: list[str]) -> pa.Table:
         """The current records of these ids, a page of ids per request (as many as fit a URL
-        every proxy accepts: ~6 KB of ids, at most a page), up to `in_flight` requests at once."""
+        every proxy accepts: ~6 KB of ids, at most a page), up to `in_flight` requests at once. An
+        API that answers fewer per page than asked gives a cursor to the rest, which is followed:
+        a record left unread would be judged gone."""
         chunks: list[list[str]] = []
         size = 0
         for k in keys:
@@ -250,13 +252,21 @@ class RestSystem:
             chunks[-1].append(k)
             size += len(k) + 1
 
-        def get(chunk: list[str]) -> pa.Table:
-            resp, _ = self._request("GET", f"/api/v1/{self._resource(entity)}",
-                                    params={"ids": ",".join(chunk), "limit": len(chunk)})
-            return self._to_arrow(entity, resp.json()["data"])
+        def get(chunk: list[str]) -> list[pa.Table]:
+            params = {"ids": ",".join(chunk), "limit": len(chunk)}
+            tables, seen = [], set()
+            while True:
+                resp, _ = self._request("GET", f"/api/v1/{self._resource(entity)}", params=params)
+                body = resp.json()
+                tables.append(self._to_arrow(entity, body["data"]))
+                cursor = body.get("next_cursor")
+                if not cursor or not body["data"] or cursor in seen:  # done, or an API going round
+                    return tables
+                seen.add(cursor)
+                params = {**params, "cursor": cursor}
 
         pages = self._pool().map(get, chunks) if self.in_flight > 1 and len(chunks) > 1 else map(get, chunks)
-        return self._concat(entity, list(pages))
+        return self._concat(entity, [t for tables in pages for t in tables])
 
     def _pool(self):
         """Threads for requests in flight together (httpx's client is safe to share between them)."""

@@ -17,8 +17,8 @@ file drop, a cluster no change points to).
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
@@ -29,11 +29,11 @@ from trueup import reconcile, steps
 from trueup.config import Config
 from trueup.crosswalk import CrosswalkStore
 from trueup.duck import connect, fetch, query
-
-log = logging.getLogger(__name__)
 from trueup.mapping import ISSUE_SCHEMA
 from trueup.model import DOMAINS, PLAN_SCHEMA
 from trueup.reconcile import CROSSWALK_SCHEMA
+
+log = logging.getLogger(__name__)
 
 PARTITION = "partition_key"  # the day (YYYY-MM-DD, UTC) a row belongs to
 # what depends on what: a changed price brings its product (the product's match key is the SKU)

@@ -179,3 +179,46 @@ def test_a_replayed_key_of_a_failed_write_is_still_a_failure(home, config):
         crm.close()
     assert first[0].status == again[0].status == "rejected"  # not "duplicate", taken for applied
     assert "not found" in again[0].error
+
+
+def test_an_erp_going_away_mid_write_back_fails_only_the_changes_left_without_an_answer(home, config):
+    """The ERP takes the first batch, then its connection is gone. The ledger must say exactly
+    that: the first batch applied, a correction judged before any send (its record gone) rejected,
+    the rest retryable and dead-lettered for replay; nothing the ERP did answer is called a failure."""
+    from trueup import steps
+    from trueup.systems.sql import SqlSystem
+
+    class GoesAway(SqlSystem):
+        def write(self, entity, ops):
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls > 1:
+                raise ConnectionError("server closed the connection unexpectedly")
+            return super().write(entity, ops)
+
+    flow = Flow(home, config)
+    with serve(home / "demo" / "crm" / "crm.sqlite") as srv:
+        c = clients(home, config, srv.url)
+        plan = flow.plan("customer", c)[0]
+    plan = plan.filter(pc.and_(pc.equal(plan.column("target_system"), "erp"), pc.equal(plan.column("action"), "update")))
+    keys = sorted(set(plan.column("target_key").to_pylist()))
+    assert len(keys) > 12
+    with closing(sqlite3.connect(home / "demo" / "erp.sqlite")) as erp:  # one record goes after the extract
+        erp.execute("DELETE FROM erp_customer WHERE customer_number = ?", [keys[-1]])
+        erp.commit()
+    c["erp"] = GoesAway("erp", f"sqlite:///{home / 'demo' / 'erp.sqlite'}", config.systems.systems["erp"],
+                        write_batch=5, in_flight=1)
+    out = steps.writeback("customer", plan, c, config, flow.state, "run-x", systems=["erp"])
+    status = dict(zip(out.column("change_id").to_pylist(), out.column("status").to_pylist()))
+    by_key = {}
+    for r in plan.to_pylist():
+        by_key.setdefault(r["target_key"], []).append(status[r["change_id"]])
+    assert set(by_key[keys[-1]]) == {"rejected"}  # judged gone before anything was sent
+    applied = {k for k, v in by_key.items() if set(v) == {"applied"}}
+    assert 0 < len(applied) <= 5  # the first batch of records
+    assert {s for k, v in by_key.items() if k not in applied and k != keys[-1] for s in v} <= {
+        "retryable_error", "pending_approval", "declined", "unchanged"}
+    ledger = {r["change_id"]: r["status"] for r in flow.state.ledger("run-x").to_pylist()}
+    assert {cid for cid, s in status.items() if s != "pending_approval"} <= set(ledger)  # every outcome...
+    assert all(ledger[cid] == s for cid, s in status.items() if cid in ledger)  # ... as the ledger says
+    dead = set(flow.state.dead_letters().column("change_id").to_pylist())
+    assert dead == {cid for cid, s in status.items() if s == "retryable_error"} and dead

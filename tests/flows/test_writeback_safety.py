@@ -185,15 +185,8 @@ def test_an_erp_going_away_mid_write_back_fails_only_the_changes_left_without_an
     """The ERP takes the first batch, then its connection is gone. The ledger must say exactly
     that: the first batch applied, a correction judged before any send (its record gone) rejected,
     the rest retryable and dead-lettered for replay; nothing the ERP did answer is called a failure."""
+    from tests.unit.test_writeback_outcomes import GoesDown
     from trueup import steps
-    from trueup.systems.sql import SqlSystem
-
-    class GoesAway(SqlSystem):
-        def write(self, entity, ops):
-            self.calls = getattr(self, "calls", 0) + 1
-            if self.calls > 1:
-                raise ConnectionError("server closed the connection unexpectedly")
-            return super().write(entity, ops)
 
     flow = Flow(home, config)
     with serve(home / "demo" / "crm" / "crm.sqlite") as srv:
@@ -205,7 +198,7 @@ def test_an_erp_going_away_mid_write_back_fails_only_the_changes_left_without_an
     with closing(sqlite3.connect(home / "demo" / "erp.sqlite")) as erp:  # one record goes after the extract
         erp.execute("DELETE FROM erp_customer WHERE customer_number = ?", [keys[-1]])
         erp.commit()
-    c["erp"] = GoesAway("erp", f"sqlite:///{home / 'demo' / 'erp.sqlite'}", config.systems.systems["erp"],
+    c["erp"] = GoesDown("erp", f"sqlite:///{home / 'demo' / 'erp.sqlite'}", config.systems.systems["erp"],
                         write_batch=5, in_flight=1)
     out = steps.writeback("customer", plan, c, config, flow.state, "run-x", systems=["erp"])
     status = dict(zip(out.column("change_id").to_pylist(), out.column("status").to_pylist()))

@@ -7,27 +7,12 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
-import yaml
 
+from tests.unit.test_sql_live import SYSTEM  # the ERP's price list, as a SQL system
 from trueup.config import SystemsConfig
 from trueup.model import PLAN_SCHEMA
 from trueup.systems.sql import SqlSystem
 from trueup.writeback import ApplyFailed, apply_plan
-
-SYSTEM = yaml.safe_load("""
-kind: sql
-entities:
-  price:
-    table: price
-    key: [price_list, sku, uom, min_qty]
-    fields:
-      price_list: price_list
-      sku: sku
-      uom: uom
-      min_qty: {column: min_qty, transform: integer}
-      unit_price: {column: unit_price, transform: decimal4}
-""")
-
 
 def _row(change_id: str, key: str, old: str | None, new: str, action: str = "update") -> dict:
     return {"change_id": change_id, "domain": "price", "target_system": "erp", "action": action,
@@ -35,7 +20,8 @@ def _row(change_id: str, key: str, old: str | None, new: str, action: str = "upd
             "new_value": new, "source_system": "crm", "rule": "price.unit_price: owner crm", "severity": "high"}
 
 
-def test_an_update_to_a_vanished_record_is_rejected_and_the_rest_still_apply(tmp_path):
+def _erp(tmp_path, prices: dict[str, float | None]):
+    """A SQLite ERP with a price list (LIST, <sku>, EA, 1) at these unit prices: its URL, engine, config."""
     url = f"sqlite:///{tmp_path / 'erp.sqlite'}"
     engine = sa.create_engine(url)
     md = sa.MetaData()
@@ -44,9 +30,13 @@ def test_an_update_to_a_vanished_record_is_rejected_and_the_rest_still_apply(tmp
                      sa.Column("unit_price", sa.Numeric(18, 4)))
     md.create_all(engine)
     with engine.begin() as c:
-        c.execute(price.insert(), [{"price_list": "LIST", "sku": "S1", "uom": "EA", "min_qty": 1, "unit_price": 1},
-                                   {"price_list": "LIST", "sku": "S2", "uom": "EA", "min_qty": 1, "unit_price": None}])
-    cfg = SystemsConfig.model_validate({"systems": {"erp": SYSTEM}}).systems["erp"]
+        c.execute(price.insert(), [{"price_list": "LIST", "sku": sku, "uom": "EA", "min_qty": 1, "unit_price": v}
+                                   for sku, v in prices.items()])
+    return url, engine, SystemsConfig.model_validate({"systems": {"erp": SYSTEM}}).systems["erp"]
+
+
+def test_an_update_to_a_vanished_record_is_rejected_and_the_rest_still_apply(tmp_path):
+    url, engine, cfg = _erp(tmp_path, {"S1": 1, "S2": None})
     plan = [_row("c-s1", "LIST|S1|EA|1", "1.0000", "2.0000"),
             _row("c-s2", "LIST|S2|EA|1", None, "3.0000"),    # fills an empty value: written
             _row("c-s9", "LIST|S9|EA|1", None, "9.0000"),    # the row went after the extract (old value empty)
@@ -65,8 +55,8 @@ def test_an_update_to_a_vanished_record_is_rejected_and_the_rest_still_apply(tmp
     assert {k: float(v) for k, v in rows.items()} == {"S1": 2.0, "S2": 3.0, "S7": 7.0}  # nothing made up for S8, S9
 
 
-class _GoesDown(SqlSystem):
-    """The system accepts the first write batch, then fails as a whole (its connection gone)."""
+class GoesDown(SqlSystem):
+    """A SQL system that accepts the first write batch, then fails as a whole (its connection gone)."""
 
     def write(self, entity, ops):
         self.batches = getattr(self, "batches", 0) + 1
@@ -78,22 +68,12 @@ class _GoesDown(SqlSystem):
 def test_a_system_failing_mid_apply_keeps_the_outcomes_already_decided(tmp_path):
     """Rows judged before anything was sent (in place, gone) and batches already answered keep
     their own outcomes; only what the failure left without an answer is for the caller to mark."""
-    url = f"sqlite:///{tmp_path / 'erp.sqlite'}"
-    engine = sa.create_engine(url)
-    md = sa.MetaData()
-    price = sa.Table("price", md, *[sa.Column(c, sa.String(16), primary_key=True) for c in ("price_list", "sku", "uom")],
-                     sa.Column("min_qty", sa.Integer, primary_key=True, autoincrement=False),
-                     sa.Column("unit_price", sa.Numeric(18, 4)))
-    md.create_all(engine)
-    with engine.begin() as c:
-        c.execute(price.insert(), [{"price_list": "LIST", "sku": f"S{n}", "uom": "EA", "min_qty": 1, "unit_price": n}
-                                   for n in range(1, 5)])
-    cfg = SystemsConfig.model_validate({"systems": {"erp": SYSTEM}}).systems["erp"]
+    url, _, cfg = _erp(tmp_path, {f"S{n}": n for n in range(1, 5)})
     plan = [_row("c-s1", "LIST|S1|EA|1", "1.0000", "5.0000"),
             _row("c-s2", "LIST|S2|EA|1", "2.0000", "2.0000"),  # already in place
             _row("c-s3", "LIST|S3|EA|1", "3.0000", "6.0000"),
             _row("c-s9", "LIST|S9|EA|1", "9.0000", "7.0000")]  # gone
-    client = _GoesDown("erp", url, cfg, write_batch=1, in_flight=1)  # a batch a record: S1 lands, S3 meets the failure
+    client = GoesDown("erp", url, cfg, write_batch=1, in_flight=1)  # a batch a record: S1 lands, S3 meets the failure
     with pytest.raises(ApplyFailed) as failed:
         apply_plan(client, "erp", "price", cfg.entities["price"], pa.Table.from_pylist(plan, schema=PLAN_SCHEMA))
     decided = {c: r.status for c, r in failed.value.outcomes.items()}

@@ -77,8 +77,8 @@ def changes_asset(domain: str, systems: list[str], partitions) -> dg.AssetsDefin
         trueup.warehouse.write(issues, "quarantine", "sync", domain, _label(context))
         context.add_output_metadata({
             "changed_records": ch.table.num_rows,
-            "quarantined_records": len(set(zip(*issues.filter(pc.equal(issues.column("severity"), "error"))
-                                               .select(["source_system", "source_key"]).to_pydict().values()))),
+            "quarantined_records": issues.filter(pc.equal(issues.column("severity"), "error"))
+                                         .group_by(["source_system", "source_key"]).aggregate([]).num_rows,
             "tombstones": int(pc.sum(ch.table.column("deleted")).as_py() or 0),
             **{f"rows_read_{s}": n for s, n in ch.read.items()},
             **{f"since_{s}": str(v) for s, v in since.items()},

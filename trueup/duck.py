@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import duckdb
 import pyarrow as pa
 
 
 _db: tuple[int, duckdb.DuckDBPyConnection] | None = None
+_opening = threading.Lock()  # threads staging systems side by side open the first session together
 
 
 def connect() -> duckdb.DuckDBPyConnection:
@@ -18,10 +21,11 @@ def connect() -> duckdb.DuckDBPyConnection:
     global _db
     import os
 
-    if _db is None or _db[0] != os.getpid():  # a forked process gets its own database
-        sweep_spill_folders()
-        _db = (os.getpid(), duckdb.connect(config=settings()))
-    con = _db[1].cursor()
+    with _opening:
+        if _db is None or _db[0] != os.getpid():  # a forked process gets its own database
+            sweep_spill_folders()
+            _db = (os.getpid(), duckdb.connect(config=settings()))
+        con = _db[1].cursor()
     con.execute("SET TimeZone = 'UTC'")
     return con
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
@@ -26,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trueup import reconcile, steps
+from trueup.steps import each_system
 from trueup.config import Config
 from trueup.crosswalk import CrosswalkStore
 from trueup.duck import connect, fetch, query
@@ -67,16 +67,6 @@ def high_water(client, entity: str, raw: pa.Table, updated_at: str | None) -> da
         log.warning("%s.%s: %d row(s) changed after now (up to %s): left out of the watermark",
                     getattr(client, "name", "?"), entity, ahead, furthest.astimezone(timezone.utc).isoformat())
     return v.astimezone(timezone.utc) if v is not None else None
-
-
-def each_system(read, systems: list[str]) -> dict:
-    """`read(system)` for every system, all at once: each waits on its own server (a CRM's API,
-    an ERP's database), so together they take about as long as the slowest alone. The first
-    failure is raised, as a read in turn would."""
-    if len(systems) < 2:
-        return {s: read(s) for s in systems}
-    with ThreadPoolExecutor(len(systems), thread_name_prefix="trueup-read") as pool:
-        return dict(zip(systems, pool.map(read, systems)))
 
 
 @dataclass

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from assets.reconcile import GATE_KEY, gate_plan, report_outcomes, writeback_targets
 from checks.asset_checks import gate_spec
-from checks.contracts import Severities, row_issues
+from checks.contracts import Severities, row_issues, warm_up
 from trueup import incremental, matching, steps
 from trueup.crosswalk import CrosswalkStore
 from trueup.incremental import PARTITION
@@ -67,6 +67,7 @@ def changes_asset(domain: str, systems: list[str], partitions) -> dg.AssetsDefin
             start = window.start.astimezone(timezone.utc)
             since = {s: start - timedelta(microseconds=1) for s in systems}  # the day's first instant included
             until, pk = window.end.astimezone(timezone.utc), None
+        warm_up()  # GX's import goes on while the systems answer
         ch = incremental.read_changes(domain, clients, cfg, since, until, pk, datetime.now(timezone.utc))
         if watermark_mode(context):
             for s, hw in ch.high_water.items():

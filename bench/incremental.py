@@ -53,7 +53,7 @@ def run_mode(mode: str, home: Path, lookback_minutes: float | None = None) -> di
     import pyarrow as pa
 
     from assets.reconcile import _reference
-    from checks.contracts import Severities, row_issues, validate
+    from checks.contracts import Severities, row_issues, validate, warm_up
     from sandbox.crm import serve_process
     from sandbox.wms import WmsSandbox
     from trueup import incremental, reconcile, steps
@@ -124,6 +124,7 @@ def run_mode(mode: str, home: Path, lookback_minutes: float | None = None) -> di
                 t = time.perf_counter()
                 systems = config.systems.systems_with(domain)
                 since = {x: state.since(x, domain, lookback) for x in systems}
+                warm_up()  # as the sync's changes asset: GX's import goes on while the systems answer
                 ch = incremental.read_changes(domain, clients, config, since,
                                               partition_key=date.today().isoformat())
                 for x, hw in ch.high_water.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -77,8 +78,29 @@ class ContractResult:
         return pa.Table.from_pylist(rows, schema=ISSUE_SCHEMA)
 
 
-@lru_cache(maxsize=1)
+_warming: threading.Thread | None = None
+
+
+def warm_up() -> None:
+    """Start importing Great Expectations in the background, once per process: its import is
+    seconds of a fresh run process's time (an hourly sync's), and the run meanwhile waits on its
+    systems (reading the changes). The first validation waits for it to finish."""
+    global _warming
+    if _warming is None and _load_gx.cache_info().currsize == 0:
+        _warming = threading.Thread(target=_load_gx, name="trueup-gx-import", daemon=True)
+        _warming.start()
+
+
 def _gx():
+    """Great Expectations and its expectations module (after `warm_up`'s import, if one started;
+    an import that failed there is raised here, by importing again)."""
+    if _warming is not None:
+        _warming.join()
+    return _load_gx()
+
+
+@lru_cache(maxsize=1)
+def _load_gx():
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
     import great_expectations.expectations as gxe

@@ -112,3 +112,40 @@ def test_no_frame_of_a_validation_outlives_it():
     gc.collect()
     left = [o for o in gc.get_objects() if isinstance(o, pd.DataFrame) and len(o) == 1241]
     assert left == []
+
+
+def test_warm_up_imports_gx_in_the_background_and_a_failed_import_is_raised_by_the_validation():
+    """In a fresh process (GX not yet imported): `warm_up` returns at once with the import going on
+    in a thread, and the validation gets GX from it; an import that fails there is not swallowed:
+    the validation raises it."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, time
+from checks import contracts
+assert "great_expectations" not in sys.modules
+t = time.perf_counter(); contracts.warm_up(); returned = time.perf_counter() - t
+assert contracts._warming.is_alive(), "warm_up did not leave the import running"
+contracts.warm_up()  # a second call starts nothing new
+gx, gxe = contracts._gx()
+assert gx.__name__ == "great_expectations" and hasattr(gxe, "ExpectColumnValuesToNotBeNull")
+assert not contracts._warming.is_alive()
+print(f"returned in {returned:.3f}s")
+"""
+    ok = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert ok.stdout.startswith("returned in")
+
+    failing = """
+import sys
+sys.modules["great_expectations"] = None  # as if the package were broken
+from checks import contracts
+contracts.warm_up()
+try:
+    contracts._gx()
+except ImportError:
+    print("raised")
+"""
+    bad = subprocess.run([sys.executable, "-c", failing], cwd=REPO, capture_output=True, text=True)
+    assert bad.stdout.strip() == "raised", (bad.stdout, bad.stderr[-2000:])

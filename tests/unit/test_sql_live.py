@@ -98,3 +98,48 @@ entities:
     with sa.create_engine(db_url).connect() as c:
         got = {s: (d, float(w)) for s, d, w in c.execute(sa.text("SELECT sku, description, weight_kg FROM item"))}
     assert got == {"S1": ("a", 2.0), "S2": ("b", 1.0), "S3": ("c", 7.0)}
+
+
+def test_a_write_is_stamped_by_the_databases_clock(db_url, monkeypatch):
+    """trueup's machine five years ahead: a server stamps the update with its own time (its
+    other writers' clock, the one a sync's watermark follows); SQLite, in trueup's process,
+    with that process's."""
+    from datetime import datetime, timedelta, timezone
+
+    import trueup.systems.sql as sql_module
+    from trueup.writeback import WriteOp
+
+    ahead = datetime.now(timezone.utc) + timedelta(days=5 * 365)
+
+    class SkewedClock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return ahead if tz else ahead.replace(tzinfo=None)
+
+    engine = sa.create_engine(db_url)
+    md = sa.MetaData()
+    item = sa.Table("item", md, sa.Column("sku", sa.String(32), primary_key=True),
+                    sa.Column("description", sa.String(64)), sa.Column("updated_at", sa.DateTime(timezone=True)))
+    md.create_all(engine)
+    with engine.begin() as c:
+        c.execute(item.insert(), [{"sku": "S1", "description": "old"}])
+    cfg = SystemsConfig.model_validate({"systems": {"erp": yaml.safe_load("""
+kind: sql
+entities:
+  product:
+    table: item
+    key: sku
+    updated_at: updated_at
+    fields: {match_key: sku, sku: sku, description: description}
+""")}}).systems["erp"]
+    monkeypatch.setattr(sql_module, "datetime", SkewedClock)
+    results = SqlSystem("erp", db_url, cfg).write(
+        "product", [WriteOp(key="S1", key_values={"sku": "S1"}, action="update", values={"description": "new"})])
+    assert [r.status for r in results] == ["applied"]
+    with engine.connect() as c:
+        stamp = c.execute(sa.text("SELECT updated_at FROM item")).scalar_one()
+    engine.dispose()
+    stamp = datetime.fromisoformat(stamp) if isinstance(stamp, str) else stamp
+    stamp = stamp.astimezone(timezone.utc) if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+    expected = ahead if db_url.startswith("sqlite") else datetime.now(timezone.utc)
+    assert abs(stamp - expected) < timedelta(minutes=5), (stamp, expected)

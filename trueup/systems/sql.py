@@ -167,8 +167,19 @@ class SqlSystem:
                     break
         return results
 
+    def _clock(self, conn: sa.Connection) -> datetime:
+        """Now by the database's clock, the one its own writers stamp their changes with: a sync
+        reads changes after a watermark taken from those stamps, so trueup's writes must not sit
+        ahead of or behind them by the skew of trueup's machine. SQLite runs in this process:
+        its clock is this one."""
+        if self.dialect == "postgresql":
+            return conn.execute(sa.text("SELECT CURRENT_TIMESTAMP")).scalar_one()
+        if self.dialect == "mysql":
+            return conn.execute(sa.text("SELECT UTC_TIMESTAMP(6)")).scalar_one().replace(tzinfo=timezone.utc)
+        return datetime.now(timezone.utc)
+
     def _write_batch(self, conn: sa.Connection, em: EntityMap, batch: list[WriteOp]) -> None:
-        now = self._bind(self._timestamp(datetime.now(timezone.utc)))
+        now = self._bind(self._timestamp(self._clock(conn)))
         b = self._bind
         t = self._table(em)
         # updates grouped by the set of columns they touch: one executemany per shape

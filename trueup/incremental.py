@@ -25,7 +25,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trueup import reconcile, steps
-from trueup.steps import each_system
 from trueup.config import Config
 from trueup.crosswalk import CrosswalkStore
 from trueup.duck import connect, fetch, query
@@ -92,7 +91,7 @@ def read_changes(domain: str, clients: dict, config: Config, since: dict[str, da
     open-ended read (better twice than never) and left out of a window it cannot be placed in.
     """
     systems = config.systems.systems_with(domain)
-    raw = each_system(lambda s: clients[s].extract(domain, since=since.get(s)), systems)
+    raw = steps.each_system(lambda s: clients[s].extract(domain, since=since.get(s)), systems)
     hw = {s: high_water(clients[s], domain, raw[s], config.systems.entity(s, domain).updated_at) for s in systems}
     staged = steps.stage(domain, raw, config, extracted_at)
     parts = [staged.table.append_column("deleted", pa.array([False] * staged.table.num_rows, pa.bool_())),
@@ -200,7 +199,7 @@ def sync_plan(domain: str, changes: pa.Table, clients: dict, config: Config,
         ORDER BY 1, 2""")
     keys = {system: pc.filter(wanted.column("source_key"), pc.equal(wanted.column("source_system"), system))
             .to_pylist() for system in config.systems.systems_with(domain)}
-    fetched_raw = each_system(lambda s: clients[s].fetch_live(domain, keys[s]), [s for s in keys if keys[s]])
+    fetched_raw = steps.each_system(lambda s: clients[s].fetch_live(domain, keys[s]), [s for s in keys if keys[s]])
     fetched = steps.stage(domain, fetched_raw, config, extracted_at)
 
     schema = d.schema

@@ -119,7 +119,7 @@ def test_a_deleted_crm_account_deactivates_the_erp_customer_never_deletes(config
 def test_each_systems_read_goes_out_at_once_and_a_failure_is_raised():
     import threading
 
-    from trueup.incremental import each_system
+    from trueup.steps import each_system
 
     together = threading.Barrier(3, timeout=10)  # broken unless all three reads are out at once
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
@@ -180,6 +181,42 @@ def test_golden_ids_are_stable_through_the_crosswalk(config):
     # the crosswalk keeps records this run did not see (incremental runs read only changes)
     _, cw3, _, _ = run("customer", rows2[1:], config, crosswalk=cw2)
     assert {(r["source_system"], r["source_key"]) for r in cw3.to_pylist()} == {("crm", "A9"), ("erp", gid)}
+
+
+def test_every_staged_record_gets_its_own_clusters_ids_in_the_staged_order():
+    """Matching hands back the staged records in their order, each with its cluster's golden id,
+    parent and hold: the ids come out of DuckDB's joins in any order and are put back by position.
+    A ship-to staged twice (a system listing it twice) keeps its rows, in place."""
+    n = 60_000
+    sold_tos = [{"source_system": s, "source_key": f"{s}-{i}", "match_key": f"S{i}", "role": "sold_to"}
+                for i in range(n // 4) for s in ("erp", "crm")]
+    ship_tos = [{"source_system": "erp", "source_key": f"erp-x{i}", "match_key": f"X{i}", "role": "ship_to",
+                 "parent_key": f"erp-{i % (n // 4)}"} for i in range(n // 2)]
+    issues = pa.table({"source_system": ["crm"], "source_key": ["crm-5"], "match_key": ["S5"], "severity": ["error"]})
+
+    def ids_follow_their_records(m: pa.Table) -> None:
+        got = m.select(["source_key", "match_key", "golden_id", "parent_golden_id", "held"]).to_pylist()
+        gid = {}  # a match key's golden id: the same for every record of it, another for each key
+        for r in got:
+            assert gid.setdefault(r["match_key"], r["golden_id"]) == r["golden_id"], r
+        assert len(set(gid.values())) == len(gid)
+        for r in got:
+            if r["match_key"].startswith("X"):
+                assert r["parent_golden_id"] == gid[f"S{int(r['source_key'][5:]) % (n // 4)}"], r
+            assert r["held"] == (r["match_key"] == "S5"), r
+
+    rows = sold_tos + ship_tos
+    once = reconcile.match("customer", staged("customer", rows), None, issues)[0]
+    assert once.column("source_key").to_pylist() == [r["source_key"] for r in rows]
+    ids_follow_their_records(once)
+
+    rows.insert(7, dict(ship_tos[3]))  # erp-x3 twice
+    table = staged("customer", rows)
+    twice = reconcile.match("customer", table, None, issues)[0]
+    # the twice-staged ship-to's rows are doubled by the parent join: together, where it was staged
+    assert [k for k, _ in itertools.groupby(twice.column("source_key").to_pylist())] == \
+        [k for k, _ in itertools.groupby(table.column("source_key").to_pylist())]
+    ids_follow_their_records(twice)
 
 
 def test_a_record_with_an_issue_holds_its_whole_cluster(config):

@@ -109,10 +109,12 @@ def run(home: Path, env: dict[str, str], executor: str = "in_process") -> dict:
                             env={**base, **env, "TRUEUP_EXECUTOR": executor, "DAGSTER_HOME": str(home / "dagster")},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak, done = [0], threading.Event()
+    samples: list[tuple[float, int]] = []  # (epoch seconds, tree RSS): which step the peak fell in
 
     def poll() -> None:
         while not done.wait(1.0):
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            samples.append((time.time(), _tree_rss(proc.pid)))
+            peak[0] = max(peak[0], samples[-1][1])
 
     t0 = time.perf_counter()
     threading.Thread(target=poll, daemon=True).start()
@@ -124,17 +126,20 @@ def run(home: Path, env: dict[str, str], executor: str = "in_process") -> dict:
     if proc.returncode != 0 or not m:
         raise SystemExit(f"the nightly failed (exit {proc.returncode}); the last lines:\n{out[-3000:]}")
     return {"run_id": m.group(1), "job_seconds": float(m.group(3)), "process_seconds": round(wall, 1),
-            "peak_rss_mb": round(peak[0] / 2**20)}
+            "peak_rss_mb": round(peak[0] / 2**20), "samples": samples}
 
 
-def step_seconds(home: Path, run_id: str) -> dict[str, float]:
-    """Each step's duration, from the run's Dagster instance."""
+def step_figures(home: Path, run_id: str, samples: list[tuple[float, int]]) -> dict[str, dict]:
+    """Each step's duration, from the run's Dagster instance, and the process tree's largest RSS
+    sampled while it ran (MiB; with the multiprocess executor, that of the steps beside it too)."""
     os.environ["DAGSTER_HOME"] = str(home / "dagster")
     import dagster as dg
 
     with dg.DagsterInstance.get() as instance:
-        return {s.step_key: round(s.end_time - s.start_time, 1)
-                for s in instance.get_run_step_stats(run_id) if s.end_time and s.start_time}
+        stats = [s for s in instance.get_run_step_stats(run_id) if s.end_time and s.start_time]
+    return {s.step_key: {"seconds": round(s.end_time - s.start_time, 1),
+                         "peak_rss_mb": round(max((r for t, r in samples if s.start_time <= t <= s.end_time),
+                                                  default=0) / 2**20)} for s in stats}
 
 
 def main() -> None:
@@ -149,7 +154,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     env = prepare(args.size, args.backend, home)
     res = run(home, env, args.executor)
-    steps = step_seconds(home, res["run_id"])
+    steps = step_figures(home, res["run_id"], res.pop("samples"))
     res.update(size=args.size, backend=args.backend, executor=args.executor, cores=os.cpu_count(), load_before=load,
                steps=steps)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -157,9 +162,11 @@ def main() -> None:
                                         f"{'' if args.executor == 'in_process' else '_' + args.executor}.json").write_text(json.dumps(res, indent=2))
     print(f"\nthe nightly at {args.size} on {args.backend} ({args.executor}): {res['job_seconds']} s for the job "
           f"({res['process_seconds']} s with start-up), peak RSS {res['peak_rss_mb']} MiB (process tree)")
-    print("\n| step | seconds |\n|---|---:|")
-    for k, v in sorted(steps.items(), key=lambda kv: -kv[1])[:15]:
-        print(f"| {k} | {v} |")
+    print("\n| step | seconds | peak RSS while it ran, MiB |\n|---|---:|---:|")
+    for k, v in sorted(steps.items(), key=lambda kv: -kv[1]["seconds"])[:15]:
+        print(f"| {k} | {v['seconds']} | {v['peak_rss_mb']:,} |")
+    top = sorted(steps.items(), key=lambda kv: -kv[1]["peak_rss_mb"])[:5]
+    print("\nlargest peaks: " + ", ".join(f"{k} {v['peak_rss_mb']:,} MiB" for k, v in top))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,11 @@ def _retryable(exc: Exception) -> bool:
     return isinstance(exc, OperationalError) and "locked" in str(exc).lower()
 
 
+def process_now() -> datetime:
+    """Now by this process's clock (UTC): what stamps a write to a database in this process."""
+    return datetime.now(timezone.utc)
+
+
 class SqlSystem:
     """One SQL system (an ERP database, say) as trueup sees it."""
 
@@ -174,9 +179,10 @@ class SqlSystem:
         its clock is this one."""
         if self.dialect == "postgresql":
             return conn.execute(sa.text("SELECT CURRENT_TIMESTAMP")).scalar_one()
-        if self.dialect == "mysql":
-            return conn.execute(sa.text("SELECT UTC_TIMESTAMP(6)")).scalar_one().replace(tzinfo=timezone.utc)
-        return datetime.now(timezone.utc)
+        utc_now = {"mysql": "SELECT UTC_TIMESTAMP(6)", "mssql": "SELECT SYSUTCDATETIME()"}.get(self.dialect)
+        if utc_now:  # naive UTC, as these columns hold it
+            return conn.execute(sa.text(utc_now)).scalar_one().replace(tzinfo=timezone.utc)
+        return process_now()
 
     def _write_batch(self, conn: sa.Connection, em: EntityMap, batch: list[WriteOp]) -> None:
         now = self._bind(self._timestamp(self._clock(conn)))

@@ -79,6 +79,7 @@ class ContractResult:
 
 
 _warming: threading.Thread | None = None
+_warming_lock = threading.Lock()  # steps in threads may warm up at once: one import thread
 
 
 def warm_up() -> None:
@@ -86,9 +87,10 @@ def warm_up() -> None:
     seconds of a fresh run process's time (an hourly sync's), and the run meanwhile waits on its
     systems (reading the changes). The first validation waits for it to finish."""
     global _warming
-    if _warming is None and _load_gx.cache_info().currsize == 0:
-        _warming = threading.Thread(target=_load_gx, name="trueup-gx-import", daemon=True)
-        _warming.start()
+    with _warming_lock:
+        if _warming is None and _load_gx.cache_info().currsize == 0:
+            _warming = threading.Thread(target=_load_gx, name="trueup-gx-import", daemon=True)
+            _warming.start()
 
 
 def _gx():

@@ -126,8 +126,10 @@ import sys, time
 from checks import contracts
 assert "great_expectations" not in sys.modules
 t = time.perf_counter(); contracts.warm_up(); returned = time.perf_counter() - t
-assert contracts._warming.is_alive(), "warm_up did not leave the import running"
-contracts.warm_up()  # a second call starts nothing new
+first = contracts._warming
+assert first.is_alive(), "warm_up did not leave the import running"
+contracts.warm_up()
+assert contracts._warming is first, "a second call started another import"
 gx, gxe = contracts._gx()
 assert gx.__name__ == "great_expectations" and hasattr(gxe, "ExpectColumnValuesToNotBeNull")
 assert not contracts._warming.is_alive()
@@ -142,6 +144,8 @@ import sys
 sys.modules["great_expectations"] = None  # as if the package were broken
 from checks import contracts
 contracts.warm_up()
+contracts._warming.join()
+assert contracts._load_gx.cache_info().misses == 1, "warm_up did not try the import"
 try:
     contracts._gx()
 except ImportError:

@@ -65,6 +65,13 @@ def test_the_rows_of_exactly_the_keys_asked_for(db_url):
     system.engine.dispose()
 
 
+def item_erp(entity_yaml: str):
+    """An ERP whose products are the test's `item` table keyed by sku, mapped as `entity_yaml` says."""
+    entity = {"table": "item", "key": "sku", **yaml.safe_load(entity_yaml)}
+    return SystemsConfig.model_validate(
+        {"systems": {"erp": {"kind": "sql", "entities": {"product": entity}}}}).systems["erp"]
+
+
 def test_creates_in_one_batch_leave_the_columns_they_do_not_set_to_the_table(db_url):
     """Two creates in one batch setting different columns: the one without a weight gets the
     column's default, not NULL; a create landing on a key that exists (a replay) leaves the
@@ -80,18 +87,13 @@ def test_creates_in_one_batch_leave_the_columns_they_do_not_set_to_the_table(db_
     with engine.begin() as c:
         c.execute(item.insert(), [{"sku": "S3", "description": "old", "weight_kg": 7}])
     engine.dispose()
-    cfg = SystemsConfig.model_validate({"systems": {"erp": yaml.safe_load("""
-kind: sql
-entities:
-  product:
-    table: item
-    key: sku
-    fields:
-      match_key: sku
-      sku: sku
-      description: description
-      weight_kg: {column: weight_kg, transform: decimal4}
-""")}}).systems["erp"]
+    cfg = item_erp("""
+fields:
+  match_key: sku
+  sku: sku
+  description: description
+  weight_kg: {column: weight_kg, transform: decimal4}
+""")
     ops = [WriteOp(key="S1", key_values={"sku": "S1"}, action="create", values={"description": "a", "weight_kg": 2}),
            WriteOp(key="S2", key_values={"sku": "S2"}, action="create", values={"description": "b"}),
            WriteOp(key="S3", key_values={"sku": "S3"}, action="create", values={"description": "c"})]
@@ -119,15 +121,10 @@ def test_a_write_is_stamped_by_the_databases_clock(db_url, monkeypatch):
     md.create_all(engine)
     with engine.begin() as c:
         c.execute(item.insert(), [{"sku": "S1", "description": "old"}])
-    cfg = SystemsConfig.model_validate({"systems": {"erp": yaml.safe_load("""
-kind: sql
-entities:
-  product:
-    table: item
-    key: sku
-    updated_at: updated_at
-    fields: {match_key: sku, sku: sku, description: description}
-""")}}).systems["erp"]
+    cfg = item_erp("""
+updated_at: updated_at
+fields: {match_key: sku, sku: sku, description: description}
+""")
     monkeypatch.setattr(sql_module, "process_now", lambda: ahead)
     results = SqlSystem("erp", db_url, cfg).write(
         "product", [WriteOp(key="S1", key_values={"sku": "S1"}, action="update", values={"description": "new"})])

@@ -9,6 +9,7 @@ No raw value leaves this module: results carry keys and counts, never the failin
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -306,6 +307,9 @@ class Severities:
                             self.map.get(f"{entity}.{expectation_id}", self.default))
 
 
+COLLECT_AFTER_ROWS = 1_000_000  # rows a validation gives its memory back after, at once
+
+
 def validate(system: str, entity: str, staged: pa.Table, config: Config, severities: Severities,
              reference: dict[str, list[str]] | None = None, *, rows_alone: bool = False) -> ContractResult:
     """Validate one system's canonical rows of one entity against its contract (`rows_alone`:
@@ -328,7 +332,7 @@ def validate(system: str, entity: str, staged: pa.Table, config: Config, severit
     groups: dict[tuple[str, ...], list[Expectation]] = {}
     for e in exps:
         groups.setdefault(tuple(_columns_read([e], available)), []).append(e)
-    results = []
+    results, batch = [], None
     try:
         for n, (columns, group) in enumerate(groups.items()):
             batch = (source.add_dataframe_asset(f"{system}_{entity}_{n}").add_batch_definition_whole_dataframe("all")
@@ -359,6 +363,14 @@ def validate(system: str, entity: str, staged: pa.Table, config: Config, severit
             r.error = exc[:300]
     for r in by_id.values():
         r.keys = sorted(set(r.keys))
+    if rows.num_rows >= COLLECT_AFTER_ROWS:
+        # GX's objects hold its frames in reference cycles, which Python's collector frees only
+        # when it next happens to run: a large validation gives them back now, before the next
+        # (staging the large price book: 5,155-5,175 -> 4,739-4,750 MiB peak standalone). Small
+        # ones (a sync's change sets) skip it: a collection is ~0.25 s where the heap is not frozen
+        del context, source, batch
+        gc.collect()
+        pa.default_memory_pool().release_unused()
     return ContractResult(system, entity, staged.num_rows, list(by_id.values()))
 
 

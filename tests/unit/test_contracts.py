@@ -114,6 +114,28 @@ def test_no_frame_of_a_validation_outlives_it():
     assert left == []
 
 
+def test_a_large_validation_gives_its_frames_back_before_it_returns(monkeypatch):
+    """GX's frames sit in reference cycles until Python's collector next runs: a validation of
+    at least COLLECT_AFTER_ROWS rows frees them itself (a step validating the large price book
+    then peaks ~0.4 GB lower), with the collector off meanwhile, as between its rare runs."""
+    import gc
+
+    import pandas as pd
+
+    config = Config.load(REPO / "config")
+    monkeypatch.setattr(contracts, "COLLECT_AFTER_ROWS", 1000)
+    contracts.validate("erp", "price", price_rows(7), config, contracts.Severities(None))  # GX's first use
+    gc.collect()
+    gc.disable()
+    try:
+        result = contracts.validate("erp", "price", price_rows(1237), config, contracts.Severities(None))
+        left = [o for o in gc.get_objects() if isinstance(o, pd.DataFrame) and len(o) == 1241]
+    finally:
+        gc.enable()
+    assert not result.passed
+    assert left == [], f"{len(left)} frames of the validation still in memory"
+
+
 def test_warm_up_imports_gx_in_the_background_and_a_failed_import_is_raised_by_the_validation():
     """In a fresh process (GX not yet imported): `warm_up` returns at once with the import going on
     in a thread, and the validation gets GX from it; an import that fails there is not swallowed:

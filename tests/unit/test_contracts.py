@@ -116,8 +116,9 @@ def test_no_frame_of_a_validation_outlives_it():
 
 def test_a_large_validation_gives_its_frames_back_before_it_returns(monkeypatch):
     """GX's frames sit in reference cycles until Python's collector next runs: a validation of
-    at least COLLECT_AFTER_ROWS rows frees them itself (a step validating the large price book
-    then peaks ~0.4 GB lower), with the collector off meanwhile, as between its rare runs."""
+    at least COLLECT_AFTER_ROWS rows frees them itself (staging and validating the large price
+    book standalone then peaks ~0.4 GB lower), with the collector off meanwhile, as between its
+    rare runs."""
     import gc
 
     import pandas as pd

@@ -9,7 +9,7 @@ import dagster as dg
 
 from checks.asset_checks import schema_result, schema_spec
 from checks.schema import check as check_schema
-from resources.project import TrueupSettings
+from resources.project import HANDOFF, TrueupSettings
 from resources.state import StateStoreResource
 from trueup.freshness import data_as_of
 from trueup.incremental import high_water
@@ -25,6 +25,7 @@ def extract_asset(system: str, domain: str, kind: str) -> dg.AssetsDefinition:
         group_name=domain,
         required_resource_keys={system, "trueup", "state"},
         kinds={KIND_TAG[kind]},
+        metadata=HANDOFF,
         check_specs=[schema_spec(name)],
         description=f"{domain} records as the {system.upper()} holds them (its own columns).",
     )

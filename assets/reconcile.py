@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from checks.asset_checks import contract_result, contract_spec, gate_result, gate_spec
-from resources.project import BUCKET_META, COLUMNS_META, TrueupSettings
+from resources.project import BUCKET_META, COLUMNS_META, HANDOFF, TrueupSettings
 from resources.state import StateStoreResource
 from trueup import matching, reconcile, steps
 from trueup.crosswalk import CrosswalkStore
@@ -46,7 +46,7 @@ def domain_assets(domain: str, systems: list[str], config) -> list[dg.AssetsDefi
     # prices and stock are checked against the item master
     reference_ins = {"item_master": dg.AssetIn("product_staged")} if domain in ("price", "inventory") else {}
 
-    @dg.asset(name=staged_name, group_name=domain,
+    @dg.asset(name=staged_name, group_name=domain, metadata=HANDOFF,
               ins={**{s: dg.AssetIn(key=k) for s, k in extract_keys.items()}, **reference_ins},
               check_specs=[contract_spec(staged_name, s) for s in systems],
               description=f"Every system's {domain} records in the canonical model, with lineage; rows "
@@ -84,6 +84,7 @@ def domain_assets(domain: str, systems: list[str], config) -> list[dg.AssetsDefi
             yield contract_result(contract, len(set(errors.column("source_key").to_pylist())))
 
     @dg.asset(name=f"{domain}_matched", group_name=domain, ins={"staged": dg.AssetIn(staged_name)},
+              metadata=HANDOFF,
               description=f"{domain} records with stable golden ids (the crosswalk persists across runs).")
     def matched(context: dg.AssetExecutionContext, trueup: TrueupSettings, staged: pa.Table):
         wh = trueup.warehouse

@@ -24,9 +24,11 @@ def report_asset(domains: list[str], writebacks: list[dg.AssetKey]) -> dg.Assets
         con = connect()
         read_parts, q_parts = [], []
         for d in domains:
-            if wh.exists(f"{d}_staged"):
+            staged = wh.read(f"{d}_staged", columns=["source_system"])
+            if staged is not None:
+                con.register(f"{d}_staged", staged)
                 read_parts.append(f"SELECT '{d}' AS domain, source_system AS system, count(*) AS records "
-                                  f"FROM read_parquet('{wh.path(f'{d}_staged')}') GROUP BY ALL")
+                                  f"FROM {d}_staged GROUP BY ALL")
             if wh.exists("quarantine", d):
                 q_parts.append(f"SELECT '{d}' AS domain, source_system AS system, count(DISTINCT source_key) AS rows "
                                f"FROM read_parquet('{wh.path('quarantine', d)}') GROUP BY ALL")

@@ -201,7 +201,7 @@ def run_trueup(size: str, crm_rest_limit: int) -> dict:
                 staged = steps.stage(domain, raw, config)
             del raw
             with m.stage("warehouse", staged.table.num_rows):
-                wh.write(staged.table, f"{domain}_staged")
+                wh.write(staged.table, f"{domain}_staged", kind=Warehouse.ARROW)  # as the nightly hands it on
             with m.stage("validate", staged.table.num_rows):
                 item_master = product_staged if domain in ("price", "inventory") else None
                 reference = _reference(domain, staged.table, item_master, config)
@@ -228,7 +228,7 @@ def run_trueup(size: str, crm_rest_limit: int) -> dict:
                 matched, crosswalk = reconcile.match(domain, staged.table, None, all_issues, links=links, apart=apart)
             del staged
             with m.stage("warehouse", matched.num_rows + crosswalk.num_rows):
-                wh.write(matched, f"{domain}_matched")
+                wh.write(matched, f"{domain}_matched", kind=Warehouse.ARROW)
                 wh.write(crosswalk, "state", "crosswalk", domain)
             with m.stage("golden", matched.num_rows):
                 golden = reconcile.build_golden(domain, matched, config, TODAY)
@@ -272,8 +272,9 @@ def run_trueup(size: str, crm_rest_limit: int) -> dict:
 
         con, con_read = connect(), []
         for d in DOMAINS:
+            con.register(f"{d}_staged", wh.read(f"{d}_staged", columns=["source_system"]))
             con_read.append(f"SELECT '{d}' AS domain, source_system AS system, count(*) AS records "
-                            f"FROM read_parquet('{wh.path(f'{d}_staged')}') GROUP BY ALL")
+                            f"FROM {d}_staged GROUP BY ALL")
         read = fetch(con, " UNION ALL ".join(con_read))
         quarantined = fetch(con, " UNION ALL ".join(
             f"SELECT '{d}' AS domain, source_system AS system, count(DISTINCT source_key) AS rows "

@@ -14,6 +14,7 @@ demo, and score a run against the demo's ground truth.
     trueup approvals approve ID... [--by NAME] [--note TEXT]
     trueup approvals reject ID... --note TEXT        (ID: an approval id or a unique prefix; --all-pending)
     trueup replay                                    re-plan the dead letters and apply them
+    trueup sql "select count(*) from customer_matched"   query the warehouse's tables by name
 """
 
 from __future__ import annotations
@@ -253,6 +254,36 @@ def cmd_review(args) -> int:
     return 0
 
 
+def cmd_sql(args) -> int:
+    """A SQL query over the warehouse: every table in it is a view named as its file (the
+    asset's name: customer_matched, price_plan, ...), whichever kind it is stored as."""
+    import re
+
+    import duckdb
+
+    from trueup.warehouse import Warehouse
+
+    root = _home(args) / "warehouse"
+    con = duckdb.connect()
+    files = sorted(p for p in root.glob("*") if p.suffix in (".parquet", ".arrow")) if root.exists() else []
+    for path in files:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", path.stem):
+            continue  # not a name a query could use unquoted, and not one trueup writes
+        if path.suffix == ".parquet":
+            con.read_parquet(str(path)).create_view(path.stem)
+        else:
+            con.register(path.stem, Warehouse.read_path(path))
+    try:
+        rel = con.sql(args.query)
+    except duckdb.Error as e:
+        names = ", ".join(p.stem for p in files) or f"none: {root} holds no tables yet"
+        print(f"error: {e}\ntables: {names}", file=sys.stderr)
+        return 2
+    if rel is not None:
+        rel.show(max_rows=args.max_rows)
+    return 0
+
+
 def _store(args):
     from trueup.state import StateStore
 
@@ -379,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         ad.set_defaults(fn=cmd_approvals_decide, decision=verb)
     rp = sub.add_parser("replay", help="re-plan the dead letters against current values and apply them")
     rp.set_defaults(fn=cmd_replay)
+    qs = sub.add_parser("sql", help="query the warehouse's tables (Parquet and Arrow) by name with DuckDB")
+    qs.add_argument("query")
+    qs.add_argument("--max-rows", type=int, default=40, help="rows shown (default 40)")
+    qs.set_defaults(fn=cmd_sql)
     args = p.parse_args(argv)
     return args.fn(args)
 

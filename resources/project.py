@@ -50,6 +50,10 @@ class TrueupSettings(dg.ConfigurableResource):
 PARTITION_COLUMN = "partition_key"  # a table that says each row's partition is split by it
 BUCKET_META = "trueup/bucket"  # AssetIn metadata: load only this bucket of a bucketed table
 COLUMNS_META = "trueup/columns"  # AssetIn metadata: load only these columns
+# asset metadata: how the warehouse stores the asset's table. "arrow" for the bulk hand-offs only
+# trueup reads again (memory-mapped, no encoding; trueup.warehouse); else Parquet
+STORAGE_META = "trueup/storage"
+HANDOFF = {STORAGE_META: Warehouse.ARROW}
 BUCKET_ROW_GROUP = 65_536
 
 
@@ -86,8 +90,9 @@ def _start_lean(context: dg.InputContext) -> None:
 
 
 class WarehouseIOManager(dg.ConfigurableIOManager):
-    """Every asset's result as a Parquet file (tables) or JSON file (summaries) in the local
-    warehouse, one file per asset and partition, replaced atomically on re-execution."""
+    """Every asset's result as a Parquet file (tables; an Arrow IPC file for an asset whose
+    metadata says `HANDOFF`) or JSON file (summaries) in the local warehouse, one file per asset
+    and partition, replaced atomically on re-execution."""
 
     root: str
 
@@ -108,6 +113,7 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         wh = Warehouse(self.root)
+        kind = (context.definition_metadata or {}).get(STORAGE_META, "parquet")
         keys = self._per_partition(context)
         if keys and isinstance(obj, pa.Table) and PARTITION_COLUMN in obj.column_names:
             # one file per partition, as a run per partition would have written (an empty one
@@ -116,13 +122,14 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
 
             base = list(context.asset_key.path)
             for key in keys:
-                wh.write(obj.filter(pc.equal(obj.column(PARTITION_COLUMN), key)), *base, key)
+                wh.write(obj.filter(pc.equal(obj.column(PARTITION_COLUMN), key)), *base, key, kind=kind)
             context.add_output_metadata({"rows": obj.num_rows, "partitions": len(keys)})
             return
         parts = self._parts(context)
         if isinstance(obj, pa.Table):
             # a bucketed table (sorted by bucket) in small row groups, so a bucket's reader skips the rest
-            path = wh.write(obj, *parts, row_group_size=BUCKET_ROW_GROUP if BUCKET in obj.column_names else None)
+            path = wh.write(obj, *parts, row_group_size=BUCKET_ROW_GROUP if BUCKET in obj.column_names else None,
+                            kind=kind)
             context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "rows": obj.num_rows})
         else:
             path = wh.path(*parts).with_suffix(".json")

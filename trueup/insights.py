@@ -19,6 +19,7 @@ from trueup.config import ReportSettings
 from trueup.duck import connect, fetch, literal, sql_type
 from trueup.pii import SCRUB_MACRO
 from trueup.steps import WRITEBACK_SCHEMA
+from trueup.warehouse import Warehouse
 
 PII_FIELDS = ("email", "phone", "tax_id")
 SEVERITIES = ["critical", "high", "medium", "low"]
@@ -76,8 +77,8 @@ class RunFacts:
     at: datetime
     dry_run: bool
     outcomes: pa.Table  # every domain's writeback rows (plan columns + status, error, attempts)
-    matched: dict[str, pa.Table | Path]  # domain -> source_system, source_key, golden_id, held (or their Parquet)
-    golden: dict[str, pa.Table | Path]  # price, inventory, product golden records (or their Parquet)
+    matched: dict[str, pa.Table | Path]  # domain -> source_system, source_key, golden_id, held (or their file)
+    golden: dict[str, pa.Table | Path]  # price, inventory, product golden records (or their file)
     quarantined: pa.Table  # the state store's quarantine rows of this run
     extracts: pa.Table  # the state store's extracts rows of this run (data age)
     history: pa.Table  # discrepancy_history after tracking this run: at least the open and the just closed
@@ -109,15 +110,20 @@ def _conform(table: pa.Table | None, columns: dict[str, pa.DataType]) -> pa.Tabl
 
 def _source(con, name: str, parts: dict[str, pa.Table | Path | str], columns: dict[str, pa.DataType],
             *, domain_column: bool) -> None:
-    """View `name` in `con`: the named columns of each part, an Arrow table or a Parquet file read
-    as the query streams it (the large landscape's matched records are 24M rows, too many to hold),
-    with `domain` = the part's key where `domain_column`. No part: empty, with those columns."""
+    """View `name` in `con`: the named columns of each part, an Arrow table or a warehouse file
+    (Parquet, or Arrow IPC memory-mapped) read as the query streams it (the large landscape's
+    matched records are 24M rows, too many to hold), with `domain` = the part's key where
+    `domain_column`. No part: empty, with those columns."""
     selects = []
     for i, (key, part) in enumerate(parts.items()):
         label = f", {literal(key)} AS domain" if domain_column else ""
         if isinstance(part, (str, Path)):
             cols = ", ".join(f"CAST({c} AS {sql_type(t)}) AS {c}" for c, t in columns.items())
-            selects.append(f"SELECT {cols}{label} FROM read_parquet({literal(str(part))})")
+            if Path(part).suffix == ".parquet":
+                selects.append(f"SELECT {cols}{label} FROM read_parquet({literal(str(part))})")
+            else:  # an Arrow IPC file, memory-mapped: the query reads its pages, no copy is made
+                con.register(f"{name}_{i}", Warehouse.read_path(Path(part), columns=list(columns)))
+                selects.append(f"SELECT {cols}{label} FROM {name}_{i}")
         else:
             con.register(f"{name}_{i}", _conform(part, columns))
             selects.append(f"SELECT {', '.join(columns)}{label} FROM {name}_{i}")

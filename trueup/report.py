@@ -154,9 +154,9 @@ def exception_report(store, warehouse, config, summary: dict, outcomes: pa.Table
     at = at or datetime.now(timezone.utc)
     run_id = summary["run_id"]
     store.track_discrepancies(run_id, insights.discrepancy_keys(outcomes), full=full_run, at=at)
-    # the Parquet files, not tables: the report's queries stream them (24M matched records at large)
-    matched = {d: warehouse.path(f"{d}_matched") for d in domains if warehouse.exists(f"{d}_matched")}
-    golden = {d: warehouse.path(f"{d}_golden") for d in insights.GOLDEN_COLUMNS if warehouse.exists(f"{d}_golden")}
+    # the files, not tables: the report's queries stream them (24M matched records at large)
+    matched = {d: p for d in domains if (p := warehouse.find(f"{d}_matched")) is not None}
+    golden = {d: p for d in insights.GOLDEN_COLUMNS if (p := warehouse.find(f"{d}_golden")) is not None}
     facts = insights.RunFacts(
         run_id=run_id, at=at, dry_run=summary["dry_run"], outcomes=outcomes, matched=matched, golden=golden,
         quarantined=store.quarantined(run_id), extracts=store.extracts(run_id),

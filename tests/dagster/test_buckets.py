@@ -16,6 +16,7 @@ from pipelines.definitions import build_definitions
 from tests.conftest import REPO
 from trueup import reconcile
 from trueup.config import Config
+from trueup.warehouse import Warehouse
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ def test_bucketed_golden_and_plan_equal_the_whole_domain(home, tmp_path):
     config = Config.load(config_dir)
     wh = home / "warehouse"
     for domain, n in BUCKETS.items():
-        matched = pq.read_table(wh / f"{domain}_matched.parquet")
+        matched = Warehouse(wh).read(f"{domain}_matched")
         bucket = matched.column("bucket")
         assert pc.min(bucket).as_py() == 0 and pc.max(bucket).as_py() == n - 1
         # a golden record's records are all in one bucket

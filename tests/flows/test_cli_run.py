@@ -7,7 +7,10 @@ import re
 import shutil
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 from pipelines.cli import main as cli
+from trueup.warehouse import Warehouse
 
 
 def _run(home: Path, capsys) -> tuple[str, Path]:
@@ -32,3 +35,22 @@ def test_trueup_run_prints_the_report_of_its_own_run_for_each_home(home, tmp_pat
     # the second home's run wrote its own warehouse and report, not the first home's again
     assert second.exists() and second.parent.name == second_id and second.is_relative_to(other)
     assert (other / "warehouse" / "reconciliation_report.json").exists()
+
+    # the warehouse: bulk hand-offs as Arrow IPC, results as Parquet, both queryable by name
+    wh = Warehouse(other / "warehouse")
+    assert wh.find("customer_matched").suffix == ".arrow" and wh.find("erp_price_extract").suffix == ".arrow"
+    assert wh.find("customer_plan").suffix == ".parquet" and wh.find("customer_golden").suffix == ".parquet"
+    matched = wh.read("customer_matched")
+    assert cli(["--home", str(other), "sql",
+                "select source_system, count(*) as records, count(*) filter "
+                "(where golden_id in (select golden_id from customer_plan)) as planned "
+                "from customer_matched group by all order by 1"]) == 0
+    shown = capsys.readouterr().out
+    planned = pc.is_in(matched.column("golden_id"), value_set=wh.read("customer_plan").column("golden_id"))
+    for system in ("crm", "erp", "wms"):
+        mine = pc.equal(matched.column("source_system"), system)
+        n, n_planned = pc.sum(mine).as_py(), pc.sum(pc.and_(mine, planned)).as_py()
+        assert n and n_planned
+        assert re.search(rf"│ {system}\s+│\s+{n}\s+│\s+{n_planned}\s+│", shown), (system, n, n_planned, shown)
+    assert cli(["--home", str(other), "sql", "select * from no_such_table"]) == 2
+    assert "customer_matched" in capsys.readouterr().err  # the tables there are, named

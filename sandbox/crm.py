@@ -29,7 +29,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 RESOURCES = {
@@ -176,12 +176,19 @@ def create_app(db_path: Path, *, token: str | None = None, rate_per_second: floa
             ids = p["ids"].split(",")
             where.append(f"id IN ({','.join('?' * len(ids))})")
             args.extend(ids)
+        # each record's JSON made by SQLite: the sandbox stands in for a SaaS API that runs on
+        # machines of its own; building a page as Python dicts and encoding them took it more CPU
+        # than trueup spent reading the page, on the cores trueup's benchmarks measure
         with closing(db()) as con:
-            rows = con.execute(f"SELECT * FROM {resource} WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
-                               [*args, limit + 1]).fetchall()
-        data = [dict(r) for r in rows[:limit]]
-        nxt = base64.urlsafe_b64encode(data[-1]["id"].encode()).decode() if len(rows) > limit else None
-        return JSONResponse({"data": data, "next_cursor": nxt})
+            columns = [r[1] for r in con.execute(f"PRAGMA table_info({resource})")]  # all, as SELECT * had
+            record = "json_object(" + ", ".join(
+                "'{}', \"{}\"".format(c.replace("'", "''"), c.replace('"', '""')) for c in columns) + ")"
+            rows = con.execute(f"SELECT id, {record} FROM {resource} WHERE {' AND '.join(where)} "
+                               "ORDER BY id LIMIT ?", [*args, limit + 1]).fetchall()
+        page = rows[:limit]
+        nxt = base64.urlsafe_b64encode(page[-1][0].encode()).decode() if len(rows) > limit else None
+        body = '{"data":[' + ",".join(r[1] for r in page) + '],"next_cursor":' + json.dumps(nxt) + "}"
+        return Response(body.encode(), media_type="application/json")
 
     async def batch(request: Request) -> JSONResponse:
         if (resp := guard(request)) is not None:

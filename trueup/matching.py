@@ -479,8 +479,7 @@ def resolve(domain: str, staged: pa.Table, anchor_system: str, *, xref_system: s
                    WHERE domain = $2 AND status IN ('accepted', 'confirmed') GROUP BY ALL) pl
           ON pl.source_system = n.source_system AND pl.source_key = n.parent_key)""", [anchor_system, domain])
     anchors = fetch(con, "SELECT * FROM n3 WHERE source_system = $1 ORDER BY rid", [anchor_system])
-    anchor_keys = set(pc.unique(anchors.column("match_key").drop_null()).to_pylist())
-    con.register("anchor_keys", pa.table({"k": pa.array(sorted(anchor_keys), pa.string())}))
+    con.register("anchor_keys", pa.table({"k": pc.unique(anchors.column("match_key").drop_null()).cast(pa.string())}))
     all_probes = fetch(con, """
         SELECT n3.*, (match_key IS NOT NULL AND match_key IN (SELECT k FROM anchor_keys)) AS keyed
         FROM n3 WHERE source_system <> $1

@@ -111,7 +111,7 @@ def domain_assets(domain: str, systems: list[str], config) -> list[dg.AssetsDefi
             out = reconcile.with_buckets(out, buckets)
         xw.replace(crosswalk)
         context.add_output_metadata({
-            "records": out.num_rows, "golden_records": pc.count_distinct(out.column("golden_id")).as_py(),
+            "records": out.num_rows, "golden_records": reconcile.golden_count(out),
             "held_in_quarantine": out.filter(out.column("held")).num_rows, **match_md})
         return out
 

@@ -161,6 +161,12 @@ def with_buckets(matched: pa.Table, n: int) -> pa.Table:
                  f"ORDER BY {BUCKET}", matched=matched)
 
 
+def golden_count(matched: pa.Table) -> int:
+    """How many golden records the matched records form (held ones too). DuckDB's parallel
+    distinct count: pyarrow's took 3.3-6.1 s over the large price records' 10M ids, this 1.3 s."""
+    return query("SELECT count(DISTINCT golden_id) AS n FROM m", m=matched.select(["golden_id"])).column("n")[0].as_py()
+
+
 # ------------------------------------------------------------------ golden
 
 

@@ -209,6 +209,8 @@ def test_every_staged_record_gets_its_own_clusters_ids_in_the_staged_order():
     once = reconcile.match("customer", staged("customer", rows), None, issues)[0]
     assert once.column("source_key").to_pylist() == [r["source_key"] for r in rows]
     ids_follow_their_records(once)
+    # one golden record per match key: a sold-to's two systems share one, each ship-to its own
+    assert reconcile.golden_count(once) == n // 4 + n // 2
 
     rows.insert(7, dict(ship_tos[3]))  # erp-x3 twice
     table = staged("customer", rows)

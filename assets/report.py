@@ -29,9 +29,11 @@ def report_asset(domains: list[str], writebacks: list[dg.AssetKey]) -> dg.Assets
                 con.register(f"{d}_staged", staged)
                 read_parts.append(f"SELECT '{d}' AS domain, source_system AS system, count(*) AS records "
                                   f"FROM {d}_staged GROUP BY ALL")
-            if wh.exists("quarantine", d):
+            quarantined = wh.read("quarantine", d, columns=["source_system", "source_key"])
+            if quarantined is not None:
+                con.register(f"{d}_quarantine", quarantined)
                 q_parts.append(f"SELECT '{d}' AS domain, source_system AS system, count(DISTINCT source_key) AS rows "
-                               f"FROM read_parquet('{wh.path('quarantine', d)}') GROUP BY ALL")
+                               f"FROM {d}_quarantine GROUP BY ALL")
         empty_read = "SELECT NULL::VARCHAR domain, NULL::VARCHAR system, 0::BIGINT records WHERE FALSE"
         empty_q = "SELECT NULL::VARCHAR domain, NULL::VARCHAR system, 0::BIGINT rows WHERE FALSE"
         read = fetch(con, " UNION ALL ".join(read_parts) or empty_read)

@@ -10,7 +10,7 @@ that each one's peak memory is its own:
             (ERP over SQLAlchemy on SQLite, CRM over HTTP to the sandbox, WMS files): extract per
             system, stage (mapping), validate (contracts + gate), match_probabilistic (the records
             without a usable key, as the nightly's matched asset does), match, golden, plan, apply
-            (write-back + ledger), report; the warehouse's Parquet writes are their own line;
+            (write-back + ledger), report; the warehouse writes (Parquet, Arrow IPC) are their own line;
   pandas    the same keyed reconciliation written the way a team without trueup would (normalise
             with pandas, outer-merge on the key, compare field by field), on the same extracts;
   read_sql  pandas.read_sql of the ERP's tables, against trueup's SQL extract.
@@ -276,9 +276,11 @@ def run_trueup(size: str, crm_rest_limit: int) -> dict:
             con_read.append(f"SELECT '{d}' AS domain, source_system AS system, count(*) AS records "
                             f"FROM {d}_staged GROUP BY ALL")
         read = fetch(con, " UNION ALL ".join(con_read))
+        for d in DOMAINS:
+            con.register(f"{d}_quarantine", wh.read("quarantine", d, columns=["source_system", "source_key"]))
         quarantined = fetch(con, " UNION ALL ".join(
             f"SELECT '{d}' AS domain, source_system AS system, count(DISTINCT source_key) AS rows "
-            f"FROM read_parquet('{wh.path('quarantine', d)}') GROUP BY ALL" for d in DOMAINS))
+            f"FROM {d}_quarantine GROUP BY ALL" for d in DOMAINS))
         summary = report.summarise(run_id, dry_run=False, read=read, quarantined=quarantined,
                                    outcomes=pa.concat_tables(outcomes))
         report.write(summary, home / "reports")

@@ -255,8 +255,9 @@ def cmd_review(args) -> int:
 
 
 def cmd_sql(args) -> int:
-    """A SQL query over the warehouse: every table in it is a view named as its file (the
-    asset's name: customer_matched, price_plan, ...), whichever kind it is stored as."""
+    """A SQL query over the warehouse: every asset's table is a view named as the asset
+    (customer_matched, price_plan, ...), whichever kind it is stored as. Tables in its folders
+    (quarantine/, state/, a partitioned asset's days) are read by path: read_parquet('...')."""
     import re
 
     import duckdb
@@ -275,12 +276,12 @@ def cmd_sql(args) -> int:
             con.register(path.stem, Warehouse.read_path(path))
     try:
         rel = con.sql(args.query)
+        if rel is not None:  # a query's errors may surface only as it runs
+            rel.show(max_rows=args.max_rows)
     except duckdb.Error as e:
         names = ", ".join(p.stem for p in files) or f"none: {root} holds no tables yet"
         print(f"error: {e}\ntables: {names}", file=sys.stderr)
         return 2
-    if rel is not None:
-        rel.show(max_rows=args.max_rows)
     return 0
 
 

@@ -157,7 +157,7 @@ def create_app(db_path: Path, *, token: str | None = None, rate_per_second: floa
                                 headers={"Retry-After": f"{max(wait, 0.01):.2f}"})
         return None
 
-    async def list_records(request: Request) -> JSONResponse:
+    async def list_records(request: Request) -> Response:
         if (resp := guard(request)) is not None:
             return resp
         resource = request.path_params["resource"]

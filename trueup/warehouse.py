@@ -4,8 +4,10 @@ Results people read (golden records, plans, write-back outcomes, quarantine, the
 Parquet: `duckdb -c "select * from '.trueup/warehouse/customer_plan.parquet'"`. The bulk hand-offs
 between steps that only trueup reads again (the systems' extracts, staged and matched records) are
 Arrow IPC files (`.arrow`), written as they are in memory and read back memory-mapped: at the large
-size Parquet's encoding and decoding of them was a quarter of the nightly (`Warehouse.ARROW` below).
-`trueup sql` queries either kind by name.
+size, re-writing and re-reading the nightly's tables took 92 s as Parquet, 11 s as Arrow IPC, some
+15% of that nightly (docs/scaling.md). `trueup sql` queries either kind by name. A mapped file is
+safe to replace on a local disk (the reader keeps the old inode); on a network filesystem shared
+by several machines' steps, a step re-run while another machine maps its file may fault there.
 
 Files are written to a temporary name and renamed, so a reader never sees half a table and a
 re-executed step replaces its result instead of adding to it (and the file of the other kind, if a
@@ -36,31 +38,35 @@ class Warehouse:
         return self.root.joinpath(*parts).with_suffix(_SUFFIX[kind])
 
     def find(self, *parts: str) -> Path | None:
-        """The table's file, whichever kind it was written as; None if it was never written."""
-        for kind in (PARQUET, ARROW):
-            p = self.path(*parts, kind=kind)
-            if p.exists():
-                return p
-        return None
+        """The table's file, whichever kind it was written as (the newer, should a crash have left
+        both); None if it was never written."""
+        found = [p for kind in (PARQUET, ARROW) if (p := self.path(*parts, kind=kind)).exists()]
+        return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
     def write(self, table: pa.Table, *parts: str, row_group_size: int | None = None,
               kind: str = PARQUET) -> Path:
-        path = self.write_path(table, self.path(*parts, kind=kind), row_group_size=row_group_size)
+        path = self.path(*parts, kind=kind)
+        # the other kind's file goes first: a crash in between leaves no table, never an old one
         for other in set(_SUFFIX.values()) - {path.suffix}:
             path.with_suffix(other).unlink(missing_ok=True)
-        return path
+        return self.write_path(table, path, row_group_size=row_group_size)
 
     @staticmethod
     def write_path(table: pa.Table, path: Path, row_group_size: int | None = None) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        if path.suffix == _SUFFIX[ARROW]:
-            # uncompressed, so a reader maps it instead of decoding it
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table, max_chunksize=row_group_size)
-        else:
-            pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
-        os.replace(tmp, path)
+        try:
+            if path.suffix == _SUFFIX[ARROW]:
+                # uncompressed, so a reader maps it instead of decoding it; chunks whose
+                # dictionaries differ (a source's dictionary-encoded column) written as one
+                options = pa.ipc.IpcWriteOptions(unify_dictionaries=True)
+                with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as w:
+                    w.write_table(table, max_chunksize=row_group_size)
+            else:
+                pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
+            os.replace(tmp, path)
+        finally:  # a failed write leaves no temporary file behind (at the large size, gigabytes)
+            tmp.unlink(missing_ok=True)
         return path
 
     def read(self, *parts: str, columns: list[str] | None = None, filters=None) -> pa.Table | None:
@@ -80,11 +86,9 @@ class Warehouse:
         # the mapping outlives a later replace of the file (a rename leaves this inode alone)
         with pa.memory_map(str(path)) as source:
             table = pa.ipc.open_file(source).read_all()
-        if columns is not None:
-            table = table.select(columns)
-        if filters:
+        if filters:  # first: a filter may name a column not asked for
             table = table.filter(pq.filters_to_expression(filters))
-        return table
+        return table.select(columns) if columns is not None else table
 
     def exists(self, *parts: str) -> bool:
         return self.find(*parts) is not None

@@ -54,3 +54,6 @@ def test_trueup_run_prints_the_report_of_its_own_run_for_each_home(home, tmp_pat
         assert re.search(rf"│ {system}\s+│\s+{n}\s+│\s+{n_planned}\s+│", shown), (system, n, n_planned, shown)
     assert cli(["--home", str(other), "sql", "select * from no_such_table"]) == 2
     assert "customer_matched" in capsys.readouterr().err  # the tables there are, named
+    # an error raised while the query runs, not when it is read: a message, not a traceback
+    assert cli(["--home", str(other), "sql", "select source_key::INTEGER from customer_matched"]) == 2
+    assert "Conversion" in capsys.readouterr().err

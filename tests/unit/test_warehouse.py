@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,6 +31,19 @@ def test_an_arrow_table_reads_back_whole_or_by_columns_and_filter_like_parquet(t
         part = wh.read(name, columns=["source_key", "bucket"], filters=[("bucket", "=", 2)])
         assert part.column_names == ["source_key", "bucket"]
         assert part.column("source_key").to_pylist() == [f"K{i}" for i in range(2, 10_000, 4)]
+        # the filter's column need not be among those asked for
+        part = wh.read(name, columns=["on_hand"], filters=[("bucket", "=", 1)])
+        assert part.column_names == ["on_hand"] and part.column("on_hand").to_pylist() == list(range(3, 30_000, 12))
+
+
+def test_chunks_with_different_dictionaries_are_stored_as_one_table(tmp_path):
+    regions = pa.chunked_array([pa.array(["north", "south"]).dictionary_encode(),
+                                pa.array(["west", "north"]).dictionary_encode()])
+    table = pa.table({"region": regions})
+    Warehouse(tmp_path).write(table, "erp_customer_extract", kind=Warehouse.ARROW)
+    assert Warehouse(tmp_path).read("erp_customer_extract").column("region").to_pylist() == \
+        ["north", "south", "west", "north"]
+    assert [p.name for p in tmp_path.iterdir()] == ["erp_customer_extract.arrow"]  # no temporary left
 
 
 def test_writing_a_table_as_the_other_kind_leaves_one_file(tmp_path):
@@ -41,6 +56,16 @@ def test_writing_a_table_as_the_other_kind_leaves_one_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["customer_staged.parquet"]
     assert pq.read_table(tmp_path / "customer_staged.parquet").num_rows == 4
     assert wh.find("customer_golden") is None and wh.read("customer_golden") is None
+
+
+def test_of_two_files_left_for_one_table_the_newer_is_read(tmp_path):
+    """A crash between writing one kind and removing the other must not serve the older table."""
+    wh = Warehouse(tmp_path)
+    wh.write(_records(5), "price_staged", kind=Warehouse.ARROW)
+    old = tmp_path / "price_staged.arrow"
+    os.utime(old, ns=(1_000_000_000, 1_000_000_000))
+    pq.write_table(_records(2), tmp_path / "price_staged.parquet")  # the newer, of the other kind
+    assert wh.find("price_staged").suffix == ".parquet" and wh.read("price_staged").num_rows == 2
 
 
 def test_a_mapped_table_stays_whole_when_the_step_is_run_again(tmp_path):

@@ -34,8 +34,10 @@ class Warehouse:
         self.root = Path(root)
 
     def path(self, *parts: str, kind: str = PARQUET) -> Path:
-        """Where the table is (or would be) stored as `kind`."""
-        return self.root.joinpath(*parts).with_suffix(_SUFFIX[kind])
+        """Where the table is (or would be) stored as `kind`. The suffix is added, not swapped: a
+        range of days (`2026-11-01..2026-11-03`) keeps its last day in the name."""
+        table = self.root.joinpath(*parts)
+        return table.with_name(table.name + _SUFFIX[kind])
 
     def find(self, *parts: str) -> Path | None:
         """The table's file, whichever kind it was written as (the newer, should a crash have left

@@ -76,3 +76,11 @@ def test_a_mapped_table_stays_whole_when_the_step_is_run_again(tmp_path):
     wh.write(_records(7), "inventory_matched", kind=Warehouse.ARROW)  # re-executed: replaced
     assert held.equals(table)
     assert wh.read("inventory_matched").num_rows == 7
+
+
+def test_two_ranges_of_days_from_the_same_day_are_two_tables(tmp_path):
+    wh = Warehouse(tmp_path)
+    wh.write(_records(3), "price_changes", "2026-11-01..2026-11-03")
+    wh.write(_records(5), "price_changes", "2026-11-01..2026-11-05")
+    assert wh.read("price_changes", "2026-11-01..2026-11-03").num_rows == 3
+    assert wh.path("price_changes", "2026-11-01..2026-11-05").name == "2026-11-01..2026-11-05.parquet"

@@ -7,7 +7,6 @@ import pyarrow as pa
 from resources.project import TrueupSettings
 from resources.state import StateStoreResource
 from trueup import report
-from trueup.duck import connect, fetch
 from trueup.steps import WRITEBACK_SCHEMA
 
 
@@ -21,24 +20,7 @@ def report_asset(domains: list[str], writebacks: list[dg.AssetKey]) -> dg.Assets
     def reconciliation_report(context: dg.AssetExecutionContext, trueup: TrueupSettings,
                               state: StateStoreResource, **outcomes):
         wh = trueup.warehouse
-        con = connect()
-        read_parts, q_parts = [], []
-        for d in domains:
-            staged = wh.read(f"{d}_staged", columns=["source_system"])
-            if staged is not None:
-                con.register(f"{d}_staged", staged)
-                read_parts.append(f"SELECT '{d}' AS domain, source_system AS system, count(*) AS records "
-                                  f"FROM {d}_staged GROUP BY ALL")
-            quarantined = wh.read("quarantine", d, columns=["source_system", "source_key"])
-            if quarantined is not None:
-                con.register(f"{d}_quarantine", quarantined)
-                q_parts.append(f"SELECT '{d}' AS domain, source_system AS system, count(DISTINCT source_key) AS rows "
-                               f"FROM {d}_quarantine GROUP BY ALL")
-        empty_read = "SELECT NULL::VARCHAR domain, NULL::VARCHAR system, 0::BIGINT records WHERE FALSE"
-        empty_q = "SELECT NULL::VARCHAR domain, NULL::VARCHAR system, 0::BIGINT rows WHERE FALSE"
-        read = fetch(con, " UNION ALL ".join(read_parts) or empty_read)
-        quarantined = fetch(con, " UNION ALL ".join(q_parts) or empty_q)
-        con.close()
+        read, quarantined = report.read_and_quarantined(wh, domains)
         tables = [t.cast(WRITEBACK_SCHEMA) for t in outcomes.values()]
         all_out = pa.concat_tables(tables) if tables else WRITEBACK_SCHEMA.empty_table()
         summary = report.summarise(context.run_id, dry_run=trueup.is_dry_run(context), read=read,

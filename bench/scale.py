@@ -268,19 +268,7 @@ def run_trueup(size: str, crm_rest_limit: int) -> dict:
     WmsSandbox(demo / "wms").process_inbound()  # the 3PL's own import: not trueup's time
     info["wms_sandbox_import_s"] = round(time.perf_counter() - wms_t, 2)
     with m.stage("report", sum(o.num_rows for o in outcomes)):
-        from trueup.duck import connect, fetch
-
-        con, con_read = connect(), []
-        for d in DOMAINS:
-            con.register(f"{d}_staged", wh.read(f"{d}_staged", columns=["source_system"]))
-            con_read.append(f"SELECT '{d}' AS domain, source_system AS system, count(*) AS records "
-                            f"FROM {d}_staged GROUP BY ALL")
-        read = fetch(con, " UNION ALL ".join(con_read))
-        for d in DOMAINS:
-            con.register(f"{d}_quarantine", wh.read("quarantine", d, columns=["source_system", "source_key"]))
-        quarantined = fetch(con, " UNION ALL ".join(
-            f"SELECT '{d}' AS domain, source_system AS system, count(DISTINCT source_key) AS rows "
-            f"FROM {d}_quarantine GROUP BY ALL" for d in DOMAINS))
+        read, quarantined = report.read_and_quarantined(wh, DOMAINS)
         summary = report.summarise(run_id, dry_run=False, read=read, quarantined=quarantined,
                                    outcomes=pa.concat_tables(outcomes))
         report.write(summary, home / "reports")

@@ -11,6 +11,31 @@ import pyarrow as pa
 from trueup.duck import connect, fetch
 
 
+def read_and_quarantined(warehouse, domains: list[str]) -> tuple[pa.Table, pa.Table]:
+    """(records read per domain and system, distinct records quarantined per domain and system),
+    from the run's staged records and quarantine in the warehouse: what `summarise` takes."""
+    con = connect()
+    read_parts, q_parts = [], []
+    for d in domains:
+        staged = warehouse.read(f"{d}_staged", columns=["source_system"])
+        if staged is not None:
+            con.register(f"{d}_staged", staged)
+            read_parts.append(f"SELECT '{d}' AS domain, source_system AS system, count(*) AS records "
+                              f"FROM {d}_staged GROUP BY ALL")
+        quarantined = warehouse.read("quarantine", d, columns=["source_system", "source_key"])
+        if quarantined is not None:
+            con.register(f"{d}_quarantine", quarantined)
+            q_parts.append(f"SELECT '{d}' AS domain, source_system AS system, count(DISTINCT source_key) AS rows "
+                           f"FROM {d}_quarantine GROUP BY ALL")
+    empty_read = "SELECT NULL::VARCHAR domain, NULL::VARCHAR system, 0::BIGINT records WHERE FALSE"
+    empty_q = "SELECT NULL::VARCHAR domain, NULL::VARCHAR system, 0::BIGINT rows WHERE FALSE"
+    try:
+        return (fetch(con, " UNION ALL ".join(read_parts) or empty_read),
+                fetch(con, " UNION ALL ".join(q_parts) or empty_q))
+    finally:
+        con.close()
+
+
 def summarise(run_id: str, *, dry_run: bool, read: pa.Table, quarantined: pa.Table,
               outcomes: pa.Table) -> dict:
     """`read`: (domain, system, records); `quarantined`: (domain, system, rows);

@@ -47,11 +47,10 @@ class Warehouse:
 
     def write(self, table: pa.Table, *parts: str, row_group_size: int | None = None,
               kind: str = PARQUET) -> Path:
-        path = self.path(*parts, kind=kind)
         # the other kind's file goes first: a crash in between leaves no table, never an old one
-        for other in set(_SUFFIX.values()) - {path.suffix}:
-            path.with_suffix(other).unlink(missing_ok=True)
-        return self.write_path(table, path, row_group_size=row_group_size)
+        for other in set(_SUFFIX) - {kind}:
+            self.path(*parts, kind=other).unlink(missing_ok=True)
+        return self.write_path(table, self.path(*parts, kind=kind), row_group_size=row_group_size)
 
     @staticmethod
     def write_path(table: pa.Table, path: Path, row_group_size: int | None = None) -> Path:

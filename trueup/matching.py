@@ -179,10 +179,33 @@ def _with_positions(t: pa.Table) -> pa.Table:
     return t.append_column("_pos", pa.array(np.arange(t.num_rows), pa.int64()))
 
 
-def normalise_customers(t: pa.Table) -> pa.Table:
-    """The matching view of customer records: one row per input row, `rid` its position."""
+def matchable(staged: pa.Table, anchor: str, xref: str | None) -> pa.Array:
+    """Which records matching looks at: the anchor system's, the cross-reference system's (their
+    keys are checked) and every record whose key names no anchor record. A record keyed to an
+    anchor record is neither anchor nor probe and needs no normalising: at the large size nearly
+    all of the 3PL's million ship-tos."""
+    system = staged.column("source_system")
+    keys = pc.unique(pc.filter(staged.column("match_key"), pc.equal(system, anchor)).drop_null())
+    keyed = pc.fill_null(pc.is_in(staged.column("match_key"), value_set=keys), False)
+    wanted = pc.or_(pc.invert(keyed), pc.is_in(system, value_set=pa.array([anchor] + ([xref] if xref else []))))
+    return pc.fill_null(wanted, True)
+
+
+def _input(t: pa.Table, only: pa.Array | None) -> tuple[pa.Table, str]:
+    """`t` numbered (`_pos`), and the SQL filter to the rows `only` marks (the filter in DuckDB's
+    scan: filtering the table in Arrow first copied every column of 3.4M customers)."""
+    t = _with_positions(t)
+    if only is None:
+        return t, ""
+    return t.append_column("_only", only), "WHERE _only"
+
+
+def normalise_customers(t: pa.Table, only: pa.Array | None = None) -> pa.Table:
+    """The matching view of customer records: one row per input row (per row `only` marks), `rid`
+    its position in `t`."""
     con = connect()
-    con.register("t", _with_positions(t))
+    t, where = _input(t, only)
+    con.register("t", t)
     # the house number narrows a crowded postal code or parent for blocking
     out = fetch(con, f"""
         SELECT *, nullif(regexp_extract(addr_n, '[0-9]+'), '') AS house_no FROM (
@@ -199,14 +222,15 @@ def normalise_customers(t: pa.Table) -> pa.Table:
                nullif(trim(phone), '') AS phone,
                nullif(lower(trim(email)), '') AS email,
                nullif(upper(regexp_replace(coalesce(tax_id, ''), '[^0-9A-Za-z]', '', 'g')), '') AS tax_id
-        FROM t)""")
+        FROM t {where})""")
     con.close()
     return out
 
 
-def normalise_products(t: pa.Table) -> pa.Table:
+def normalise_products(t: pa.Table, only: pa.Array | None = None) -> pa.Table:
     con = connect()
-    con.register("t", _with_positions(t))
+    t, where = _input(t, only)
+    con.register("t", t)
     out = fetch(con, f"""
         SELECT _pos AS rid, source_system, source_key, match_key,
                NULL::VARCHAR AS parent_key, NULL::VARCHAR AS role,
@@ -215,13 +239,13 @@ def normalise_products(t: pa.Table) -> pa.Table:
                {_squash(_clean("description"))} AS desc_n,
                base_uom AS uom, CAST(case_qty AS BIGINT) AS case_qty, CAST(weight_kg AS DOUBLE) AS weight,
                lower(category) AS category
-        FROM t""")
+        FROM t {where}""")
     con.close()
     return out
 
 
-def _normalise(domain: str, staged: pa.Table) -> pa.Table:
-    return (normalise_products if domain == "product" else normalise_customers)(staged)
+def _normalise(domain: str, staged: pa.Table, only: pa.Array | None = None) -> pa.Table:
+    return (normalise_products if domain == "product" else normalise_customers)(staged, only)
 
 
 # ------------------------------------------------------------------ blocking
@@ -452,7 +476,7 @@ def resolve(domain: str, staged: pa.Table, anchor_system: str, *, xref_system: s
     Probes: records of other systems whose match key is missing or names no anchor record, and
     (for the cross-reference system) every keyed record, so its key is checked. `previous` is the
     last run's links (reused where the probe did not change); `decisions` the review decisions.
-    `normalised`: `staged` already normalised (a second pass over the same records).
+    `normalised`: `staged`'s `matchable` records already normalised (a second pass over the same records).
     `scored_before`: an earlier pass's `Resolution.scored` over the same records, anchors and
     decisions: a probe whose fingerprint it already holds keeps those scores instead of being
     scored again (its candidates and scores depend only on its own fields and the anchors).
@@ -460,9 +484,11 @@ def resolve(domain: str, staged: pa.Table, anchor_system: str, *, xref_system: s
     """
     th = thresholds or Thresholds()
     now = now or datetime.now(timezone.utc)
-    norm = normalised if normalised is not None else _normalise(domain, staged)
+    norm = normalised if normalised is not None else \
+        _normalise(domain, staged, matchable(staged, anchor_system, xref_system))
     con = connect()
     con.register("n", norm)
+    con.register("keys", staged.select(["source_system", "source_key", "match_key"]))
     con.register("prev", previous if previous is not None else LINK_SCHEMA.empty_table())
     con.register("dec", decisions if decisions is not None else DECISION_SCHEMA.empty_table())
     # a record's parent in anchor terms: the parent's own key where it names an anchor record, else
@@ -472,7 +498,7 @@ def resolve(domain: str, staged: pa.Table, anchor_system: str, *, xref_system: s
     con.execute(f"""CREATE TEMP TABLE n3 AS SELECT *, {_fingerprint_sql(domain)} AS fingerprint FROM (
         SELECT n.*, CASE WHEN n.source_system = $1 THEN n.parent_key
                          ELSE coalesce(par.match_key, pl.anchor_key) END AS parent_anchor
-        FROM n LEFT JOIN (SELECT source_system, source_key, match_key FROM n
+        FROM n LEFT JOIN (SELECT source_system, source_key, match_key FROM keys
                           WHERE match_key IN (SELECT match_key FROM n WHERE source_system = $1)) par
           ON par.source_system = n.source_system AND par.source_key = n.parent_key
         LEFT JOIN (SELECT source_system, source_key, any_value(anchor_key) AS anchor_key FROM prev
@@ -487,6 +513,7 @@ def resolve(domain: str, staged: pa.Table, anchor_system: str, *, xref_system: s
         ORDER BY rid""", [anchor_system, xref_system or ""])
     con.execute("DROP TABLE n3")
     con.unregister("n")
+    con.unregister("keys")
     con.register("all_probes", all_probes)
     # reuse: an earlier decision for an unchanged probe stands (unless a person decided since)
     reused = fetch(con, """
@@ -666,7 +693,7 @@ def match_domain(domain: str, staged: pa.Table, config, *, previous: pa.Table | 
         return None
     anchor, xref = anchor_system(domain, config)
     # normalised once for both passes: it is a third of a pass at the large size (3.4M customers)
-    norm = _normalise(domain, staged)
+    norm = _normalise(domain, staged, matchable(staged, anchor, xref))
     hierarchy = domain == "customer" and "parent_key" in staged.column_names
     res = resolve(domain, staged, anchor, xref_system=xref, previous=previous, decisions=decisions,
                   thresholds=thresholds, normalised=norm, keep_scored=hierarchy)

@@ -164,6 +164,26 @@ def test_a_ship_to_is_matched_within_its_sold_to_once_the_sold_to_is_matched(con
     assert "parent =" in res.links.filter(pc.equal(res.links.column("source_key"), "ACC-11")).column("reason")[0].as_py()
 
 
+def test_records_keyed_to_an_anchor_are_not_normalised_yet_still_give_their_children_a_parent(config):
+    """The 3PL's sold-to carries the ERP number: it is neither anchor nor probe, so matching skips
+    normalising it (most of a large 3PL's records), yet its unkeyed ship-to is still matched within it."""
+    ship = {"source_system": "erp", "source_key": "2001", "match_key": "2001", "role": "ship_to", "parent_key": "1001",
+            "name": "Blue Harbor Supply - Chicago", "address_line1": "12 Main St", "postal_code": "60601",
+            "city": "Chicago", "country": "US", "phone": "+13125550200"}
+    sold_to = {"source_system": "wms", "source_key": "W-1", "match_key": "1001", "role": "sold_to",
+               "name": "Blue Harbor", "country": "US"}
+    moved = {"source_system": "wms", "source_key": "W-11", "match_key": None, "role": "ship_to", "parent_key": "W-1",
+             "name": "Blue Harbor Supply - Chicago", "address_line1": "77 Logistics Park", "postal_code": "60607",
+             "city": "Chicago", "country": "US", "phone": "+13125550200"}
+    t = staged("customer", ERP + [ship, sold_to, moved, CRM_WRONG])
+    only = matching.matchable(t, "erp", "crm").to_pylist()
+    keys = t.column("source_key").to_pylist()
+    assert {k for k, keep in zip(keys, only) if not keep} == {"W-1"}  # the CRM's keyed account is checked
+    res = matching.match_domain("customer", t, config)
+    link = res.links.filter(pc.equal(res.links.column("source_key"), "W-11")).to_pylist()[0]
+    assert (link["status"], link["anchor_key"]) == ("accepted", "2001") and "parent =" in link["reason"]
+
+
 def _crowded_postal_code(n: int) -> pa.Table:
     """n ERP sold-tos in one postal code, each at its own house number, and a CRM account
     without a key for the one at number 7 (its name spelled differently, no phone, no email)."""

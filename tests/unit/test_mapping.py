@@ -121,3 +121,31 @@ def test_numbers_with_more_precision_than_kept_are_issues_not_rounded(config):
     assert got == {("S1", "unit_price", "not a valid decimal with at most 4 decimals"),
                    ("S4", "unit_price", "not a valid decimal with at most 4 decimals"),
                    ("S3", "min_qty", "not a valid whole number"), ("S4", "min_qty", "not a valid whole number")}
+
+
+def test_a_real_price_and_an_integer_flag_map_as_their_text_would(config):
+    """A SQL system's REAL prices and 0/1 flag columns are read by a cast, not printed and parsed:
+    same values, same issues as the same numbers given as text."""
+    prices = [10000000.00005, 12.3456, 0.1 + 0.2, float("nan"), 2.675, 12.34567]
+    flags = [1, 0, 2, 1, 0, 1]
+    n = len(prices)
+
+    def table(price, flag):
+        return pa.table({"price_list": ["L"] * n, "item_number": [f"S{i}" for i in range(n)], "uom": ["ea"] * n,
+                         "min_qty": [1] * n, "currency": ["usd"] * n, "unit_price": price,
+                         "valid_from": ["2026-01-01"] * n, "valid_to": [None] * n, "is_promo": flag,
+                         "is_active": flag, "updated_at": ["2026-01-01 00:00:00"] * n})
+
+    mapping = config.systems.entity("erp", "price")
+    typed = to_canonical(table(pa.array(prices, pa.float64()), pa.array(flags, pa.int64())),
+                         system="erp", entity="price", mapping=mapping)
+    text = to_canonical(table([repr(p) for p in prices], [str(f) for f in flags]),
+                        system="erp", entity="price", mapping=mapping)
+    cols = ["source_key", "unit_price", "promotion", "active"]
+    assert typed.staged.select(cols).to_pylist() == text.staged.select(cols).to_pylist()
+    assert typed.staged.column("unit_price").to_pylist()[1:3] == [Decimal("12.3456"), Decimal("0.3000")]
+    assert typed.staged.column("active").to_pylist()[:3] == [True, False, None]
+    issues = lambda m: sorted((r["source_key"], r["field"], r["problem"]) for r in m.issues.to_pylist())  # noqa: E731
+    assert issues(typed) == issues(text)
+    assert {(k.split("|")[1], f) for k, f, _ in issues(typed)} == {
+        ("S0", "unit_price"), ("S3", "unit_price"), ("S5", "unit_price"), ("S2", "promotion"), ("S2", "active")}

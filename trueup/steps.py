@@ -170,7 +170,9 @@ def writeback(domain: str, plan: pa.Table, clients: dict[str, SystemClient], con
         outs.append(_join(held, held_out))
         if go.num_rows == 0:
             continue
-        plan_rows = go.select(PLAN_SCHEMA.names)
+        # one chunk: the journal takes each batch's rows by position, and a take across chunks
+        # cost ~10x (80,000 ERP customer changes: 0.23 -> 0.02 s per 200 batches; more in a run)
+        plan_rows = go.select(PLAN_SCHEMA.names).combine_chunks()
 
         recorded: dict[str, WriteResult] = {}  # outcomes the journal already put in the ledger
         position = {c: i for i, c in enumerate(plan_rows.column("change_id").to_pylist())}

@@ -84,6 +84,10 @@ def test_deleted_rows_are_split_off_as_tombstones():
     live, dead = split_deleted(raw)
     assert live.column("id").to_pylist() == ["A1", "A3"] and dead.column("id").to_pylist() == ["A2"]
     assert split_deleted(pa.table({"id": ["A1"]}))[1] is None
+    # a night without deletes hands the extract on as it is: no copy of every live row
+    nothing = pa.table({"id": ["A1", "A2"], "deleted": ["false", None]})
+    live, dead = split_deleted(nothing)
+    assert live is nothing and dead is None
 
 
 def _customers():

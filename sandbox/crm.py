@@ -50,7 +50,7 @@ def now_iso() -> str:
 
 def init_db(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with closing(sqlite3.connect(path)) as db:
+    with closing(sqlite3.connect(path, timeout=STARTUP_WAIT_S)) as db:
         for name, cols in RESOURCES.items():
             db.execute(f"CREATE TABLE IF NOT EXISTS {name} ("
                        + ", ".join(f"{c} TEXT" + (" PRIMARY KEY" if c == "id" else "") for c in cols) + ")")
@@ -59,6 +59,31 @@ def init_db(path: Path) -> None:
         db.execute("CREATE TABLE IF NOT EXISTS write_log (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                    "resource TEXT, record_id TEXT, fields TEXT, idempotency_key TEXT, at TEXT)")
         db.commit()
+
+
+STARTUP_WAIT_S = 30.0  # how long a starting sandbox waits for its database, locked by another
+
+
+def _open(db_path: Path) -> sqlite3.Connection:
+    """The app's keeper connection on its database (tables created, WAL mode on). Two sandboxes
+    starting on one file at once (two Celery workers each starting a step's CRM) both turn it to
+    WAL mode: SQLite answers one of them "database is locked" at once, past any busy timeout, to
+    avoid a deadlock. That one tries again, for up to STARTUP_WAIT_S, instead of failing its step."""
+    deadline = time.monotonic() + STARTUP_WAIT_S
+    while True:
+        keeper = None
+        try:
+            init_db(db_path)
+            keeper = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=STARTUP_WAIT_S)
+            keeper.execute("PRAGMA journal_mode=WAL")
+            keeper.execute("SELECT count(*) FROM sqlite_master").fetchall()  # a read attaches it to the WAL
+            return keeper
+        except sqlite3.OperationalError as exc:
+            if keeper is not None:
+                keeper.close()
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05 + random.random() * 0.1)
 
 
 @dataclass
@@ -106,7 +131,7 @@ def _abort_connection(request: Request) -> bool:
 def create_app(db_path: Path, *, token: str | None = None, rate_per_second: float = 500.0,
                burst: int = 100, faults: Faults | None = None, max_page: int = 1000,
                write_delay: float = 0.0) -> Starlette:
-    init_db(db_path)
+    app_keeper = _open(db_path)
     limiter = _RateLimiter(rate_per_second, burst)
     faults = faults or Faults()
     rng = random.Random(faults.seed)
@@ -116,9 +141,7 @@ def create_app(db_path: Path, *, token: str | None = None, rate_per_second: floa
     # held open for the app's life so that a request's connection is never the last one to close:
     # SQLite checkpoints the whole WAL into the database when its last connection closes (measured:
     # 10 s of the 26 s the large incremental run spent on CRM writes, a server would not do that)
-    app_keeper = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-    app_keeper.execute("PRAGMA journal_mode=WAL")
-    app_keeper.execute("SELECT count(*) FROM sqlite_master").fetchall()  # a read attaches it to the WAL
+    # (`_open`, above: the keeper)
     # a server's database writes its log back in the background, not inside a request: SQLite's
     # default (every 1,000 WAL pages) did it inside every other batch's COMMIT (a batch of 200
     # random updates dirties ~600 pages). Measured at the large size, 60,000 price book updates

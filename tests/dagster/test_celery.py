@@ -59,6 +59,9 @@ def _workers(env: dict, logs, n: int = 2) -> list[subprocess.Popen]:
         env=env, cwd=REPO, stdout=logs, stderr=subprocess.STDOUT) for i in range(n)]
 
 
+# dagster-celery waits for a task whose worker failed before reporting (a resource that would not
+# start): without a bound the run, and the suite, hang
+@pytest.mark.timeout(300)
 def test_nightly_on_celery_workers_matches_the_in_process_run(tmp_path, demo_template, redis_url, monkeypatch):
     inproc, celery = tmp_path / "inproc", tmp_path / "celery"
     for h in (inproc, celery):

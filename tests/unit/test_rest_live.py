@@ -196,3 +196,26 @@ def test_a_look_up_by_ids_follows_the_cursor_when_the_api_answers_fewer_than_ask
     got = crm.fetch_live("customer", ["A1", "A2", "A3", "A4", "A5"])
     crm.close()
     assert sorted(got.column("id").to_pylist()) == ["A1", "A2", "A3", "A4", "A5"]
+
+
+def test_a_sandbox_starting_while_another_holds_its_database_waits_instead_of_failing(tmp_path):
+    """Two Celery workers start a step's CRM sandbox each, on one file: the one that finds the
+    database locked (here: held past SQLite's default 5 s wait) starts once it is free, in WAL mode."""
+    import threading
+    import time
+
+    from sandbox import crm
+
+    db = tmp_path / "crm.sqlite"
+    crm.init_db(db)
+    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN EXCLUSIVE")
+    threading.Timer(5.5, lambda: other.execute("COMMIT")).start()
+    t = time.monotonic()
+    keeper = crm._open(db)
+    try:
+        assert time.monotonic() - t >= 5
+        assert keeper.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        keeper.close()
+        other.close()

@@ -67,8 +67,9 @@ STARTUP_WAIT_S = 30.0  # how long a starting sandbox waits for its database, loc
 def _open(db_path: Path) -> sqlite3.Connection:
     """The app's keeper connection on its database (tables created, WAL mode on). Two sandboxes
     starting on one file at once (two Celery workers each starting a step's CRM) both turn it to
-    WAL mode: SQLite answers one of them "database is locked" at once, past any busy timeout, to
-    avoid a deadlock. That one tries again, for up to STARTUP_WAIT_S, instead of failing its step."""
+    WAL mode, and SQLite may answer one of them "database is locked" at once, without waiting out
+    its busy timeout (seen in the Celery test). That one tries again, for up to STARTUP_WAIT_S,
+    instead of failing its step."""
     deadline = time.monotonic() + STARTUP_WAIT_S
     while True:
         keeper = None
@@ -138,10 +139,10 @@ def create_app(db_path: Path, *, token: str | None = None, rate_per_second: floa
     write_lock = threading.Lock()
     stats = {"requests": 0, "writes": 0, "faults": {"429": 0, "500": 0, "drop": 0}, "rate_limited": 0}
 
-    # held open for the app's life so that a request's connection is never the last one to close:
-    # SQLite checkpoints the whole WAL into the database when its last connection closes (measured:
-    # 10 s of the 26 s the large incremental run spent on CRM writes, a server would not do that)
-    # (`_open`, above: the keeper)
+    # app_keeper (`_open`) is held open for the app's life so that a request's connection is never
+    # the last one to close: SQLite checkpoints the whole WAL into the database when its last
+    # connection closes (measured: 10 s of the 26 s the large incremental run spent on CRM writes,
+    # a server would not do that).
     # a server's database writes its log back in the background, not inside a request: SQLite's
     # default (every 1,000 WAL pages) did it inside every other batch's COMMIT (a batch of 200
     # random updates dirties ~600 pages). Measured at the large size, 60,000 price book updates

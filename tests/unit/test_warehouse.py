@@ -34,6 +34,8 @@ def test_an_arrow_table_reads_back_whole_or_by_columns_and_filter_like_parquet(t
         # the filter's column need not be among those asked for
         part = wh.read(name, columns=["on_hand"], filters=[("bucket", "=", 1)])
         assert part.column_names == ["on_hand"] and part.column("on_hand").to_pylist() == list(range(3, 30_000, 12))
+        either = wh.read(name, columns=["on_hand"], filters=[[("bucket", "=", 1)], [("bucket", "=", 3)]])
+        assert either.column_names == ["on_hand"] and either.num_rows == 5_000
 
 
 def test_chunks_with_different_dictionaries_are_stored_as_one_table(tmp_path):

@@ -32,6 +32,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from trueup.sqlite import use_wal
+
 RESOURCES = {
     "accounts": ["id", "erp_number", "name", "type", "parent_id", "street", "street2", "city", "state",
                  "zip", "country", "email", "phone", "credit_status", "payment_terms", "active",
@@ -65,26 +67,13 @@ STARTUP_WAIT_S = 30.0  # how long a starting sandbox waits for its database, loc
 
 
 def _open(db_path: Path) -> sqlite3.Connection:
-    """The app's keeper connection on its database (tables created, WAL mode on). Two sandboxes
-    starting on one file at once (two Celery workers each starting a step's CRM) both turn it to
-    WAL mode, and SQLite may answer one of them "database is locked" at once, without waiting out
-    its busy timeout (seen in the Celery test). That one tries again, for up to STARTUP_WAIT_S,
-    instead of failing its step."""
-    deadline = time.monotonic() + STARTUP_WAIT_S
-    while True:
-        keeper = None
-        try:
-            init_db(db_path)
-            keeper = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=STARTUP_WAIT_S)
-            keeper.execute("PRAGMA journal_mode=WAL")
-            keeper.execute("SELECT count(*) FROM sqlite_master").fetchall()  # a read attaches it to the WAL
-            return keeper
-        except sqlite3.OperationalError as exc:
-            if keeper is not None:
-                keeper.close()
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05 + random.random() * 0.1)
+    """The app's keeper connection on its database: tables created, WAL mode on (`use_wal`: two
+    Celery workers may start a step's sandbox each on one file at once)."""
+    init_db(db_path)
+    keeper = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=STARTUP_WAIT_S)
+    use_wal(keeper, STARTUP_WAIT_S)
+    keeper.execute("SELECT count(*) FROM sqlite_master").fetchall()  # a read attaches it to the WAL
+    return keeper
 
 
 @dataclass

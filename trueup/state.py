@@ -35,6 +35,8 @@ from pathlib import Path
 import pyarrow as pa
 import sqlalchemy as sa
 
+from trueup.sqlite import use_wal
+
 metadata = sa.MetaData()
 
 runs = sa.Table(
@@ -307,11 +309,11 @@ class StateStore:
             @sa.event.listens_for(self.engine, "connect")
             def _wal(dbapi_conn, _):
                 cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA busy_timeout=30000")
+                use_wal(cur)
                 # in WAL mode NORMAL still survives a killed process (what the journal is for); only
                 # a power cut can lose the last commits, and it saves an fsync per journal write
                 cur.execute("PRAGMA synchronous=NORMAL")
-                cur.execute("PRAGMA busy_timeout=30000")
                 cur.close()
         for attempt in range(5):
             # steps in several processes (multiprocess, Celery) open the store at once: a table or

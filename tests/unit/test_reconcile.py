@@ -232,6 +232,27 @@ def test_a_record_with_an_issue_holds_its_whole_cluster(config):
     assert golden.num_rows == 0 and plan.num_rows == 0
 
 
+def test_a_cluster_keeps_its_anchors_id_and_holds_follow_the_error_issues():
+    """A cluster keeps the golden id its anchor (own key = match key) had, though another member's
+    is smaller; an error on a record without a key holds its match key's cluster; a warning holds
+    nothing; a system whose whole extract was unreadable (`<all>`) holds every record."""
+    rows = [{"source_system": s, "source_key": k, "match_key": mk, "role": "sold_to"}
+            for s, k, mk in [("erp", "100", "100"), ("crm", "A1", "100"), ("erp", "200", "200"),
+                             ("crm", "A2", "200"), ("erp", "300", "300")]]
+    crosswalk = pa.table({"domain": ["customer"] * 2, "source_system": ["erp", "crm"],
+                          "source_key": ["100", "A1"], "golden_id": ["cus_b", "cus_a"]}, schema=reconcile.CROSSWALK_SCHEMA)
+    issues = pa.table({"source_system": ["crm", "erp"], "source_key": ["<no key>", "300"],
+                       "match_key": ["200", "300"], "severity": ["error", "warning"]})
+    m, _ = reconcile.match("customer", staged("customer", rows), crosswalk, issues)
+    assert m.column("golden_id").to_pylist()[:2] == ["cus_b", "cus_b"]
+    assert m.column("held").to_pylist() == [False, False, True, True, False]
+    unreadable = pa.concat_tables([issues, pa.table({"source_system": ["wms"], "source_key": ["<all>"],
+                                                     "match_key": [None], "severity": ["error"]},
+                                                    schema=issues.schema)])
+    m, _ = reconcile.match("customer", staged("customer", rows), crosswalk, unreadable)
+    assert m.column("held").to_pylist() == [True] * 5
+
+
 def test_change_ids_are_deterministic(config):
     rows = [{"source_system": "erp", "source_key": "100", "match_key": "100", "role": "sold_to", "email": "a@x.com"},
             {"source_system": "crm", "source_key": "A1", "match_key": "100", "role": "sold_to", "email": "b@x.com"}]

@@ -119,7 +119,7 @@ def match(
         ORDER BY c._pos
     """
     ids = fetch(con, sql, [domain])
-    ids = ids.set_column(3, "held", _held(con, ids))
+    ids = ids.append_column("held", _held(con, ids)).drop_columns(["apart"])
     pos = ids.column("_pos")
     # every staged row once, in order (the usual case): no copy; else (a key staged twice
     # joins twice) the rows as the joins gave them
@@ -144,7 +144,7 @@ def match(
     return matched, new_cw.cast(CROSSWALK_SCHEMA)
 
 
-def _held(con, ids: pa.Table) -> pa.Array:
+def _held(con, ids: pa.Table) -> pa.Array | pa.ChunkedArray:
     """Which matched records are held: set apart, or in a golden record with a member that has an
     error-severity issue (a system whose whole extract could not be read holds the domain).
 
@@ -157,7 +157,7 @@ def _held(con, ids: pa.Table) -> pa.Array:
     if not errors[0]:
         return apart
     if errors[1]:
-        return pa.chunked_array([pa.array(np.ones(ids.num_rows, bool))], pa.bool_())
+        return pa.array(np.ones(ids.num_rows, bool))
     con.register("ids", ids.select(["_pos", "golden_id"]))
     bad = fetch(con, """
         WITH hit AS (SELECT DISTINCT s._pos FROM staged s JOIN issues i

@@ -239,6 +239,11 @@ def _still_open():
     return sa.or_(ledger.c.status == "attempting", ledger.c.at >= _now() - LATE_LANDING)
 
 
+def _open_elsewhere(run_id: str, entity: str) -> tuple:
+    """Ledger rows of `entity` other runs left unsettled that this run's outcomes may still settle."""
+    return ledger.c.entity == entity, sa.text(_UNSETTLED), _still_open(), ledger.c.run_id != run_id
+
+
 def _drop_temporary(c: sa.Connection, name: str) -> None:
     """Drop a temporary table of this connection (`name`: a constant of trueup's). MariaDB / MySQL
     need TEMPORARY, or the DROP commits the transaction."""
@@ -304,6 +309,8 @@ class StateStore:
         self._journal_begun: dict[tuple[str, str], set[str]] = {}  # (run, entity) -> changes cleared
         # (run, entity) -> changes an earlier attempt of the same step sent (applied or in flight)
         self._sent_earlier: dict[tuple[str, str], dict[str, str]] = {}  # change -> its status then
+        # (run, entity) whose write-back began with nothing of other runs left to settle
+        self._none_open: set[tuple[str, str]] = set()
         if self.engine.dialect.name == "sqlite":
             # parallel steps append from several processes: WAL lets readers and one writer share
             @sa.event.listens_for(self.engine, "connect")
@@ -413,6 +420,14 @@ class StateStore:
         attempt sent is remembered: it is still trueup's write (`record`, `_earlier_attempt`)."""
         with self.engine.begin() as c:
             removed = self._delete_run_rows(c, run_id, entity, change_ids)
+            # nothing of other runs to settle now: none for the batches to look for either (a
+            # send another run starts meanwhile is that run's to settle). One probe, not one a
+            # batch; MariaDB, without partial indexes, keeps its look per batch
+            if self.engine.dialect.name not in ("mysql", "mariadb") and c.execute(
+                    sa.select(ledger.c.id).where(*_open_elsewhere(run_id, entity)).limit(1)).first() is None:
+                self._none_open.add((run_id, entity))
+            else:
+                self._none_open.discard((run_id, entity))
         self._journal_begun.setdefault((run_id, entity), set()).update(change_ids)
         self._sent_earlier.setdefault((run_id, entity), {}).update(
             (cid, status) for cid, status in removed if status in ("applied", "attempting"))
@@ -451,26 +466,23 @@ class StateStore:
         now = _now()
         columns = self._ledger_columns(run_id, entity, plan, {k: [o[k] for o in ordered]
                                                               for k in ("status", "error", "attempts")}, now)
-        rows = [dict(zip(columns, values)) for values in zip(*columns.values())]  # what the settling reads
         with self.engine.begin() as c:
             if batch_id is None:
                 self._replace(c, run_id, entity, columns)
             else:
-                self._settle_batch(c, run_id, batch_id, rows, now)
-            self._settle_attempts(c, run_id, rows, now)
-            self._dead_letter(c, run_id, rows, now)
+                self._settle_batch(c, run_id, batch_id, columns, now)
+            self._settle_attempts(c, run_id, entity, columns)
+            self._dead_letter(c, run_id, columns, now)
 
     @staticmethod
-    def _settle_batch(c, run_id: str, batch_id: str, rows: list[dict], now) -> None:
-        def outcome(r: dict) -> tuple:
-            return r["status"], r["error"], r["attempts"], r["retries"]
-
-        usual = collections.Counter(outcome(r) for r in rows).most_common(1)[0][0]
+    def _settle_batch(c, run_id: str, batch_id: str, columns: dict[str, list], now) -> None:
+        outcomes = list(zip(columns["status"], columns["error"], columns["attempts"], columns["retries"]))
+        usual = collections.Counter(outcomes).most_common(1)[0][0]
         status, error, attempts, retries = usual
         c.execute(sa.update(ledger).where(ledger.c.run_id == run_id, ledger.c.batch_id == batch_id)
                   .values(status=status, error=error, attempts=attempts, retries=retries, at=now))
-        others = [{"cid": r["change_id"], "s": r["status"], "e": r["error"], "a": r["attempts"],
-                   "r": r["retries"]} for r in rows if outcome(r) != usual]
+        others = [{"cid": cid, "s": o[0], "e": o[1], "a": o[2], "r": o[3]}
+                  for cid, o in zip(columns["change_id"], outcomes) if o != usual]
         if others:
             c.execute(sa.update(ledger).where(ledger.c.run_id == run_id, ledger.c.batch_id == batch_id,
                                               ledger.c.change_id == sa.bindparam("cid"))
@@ -494,16 +506,18 @@ class StateStore:
                     c.execute(sa.update(ledger).where(ledger.c.id.in_(ids[i:i + 500]), sa.text(_UNSETTLED))
                               .values(status=status, error=note))
 
-    def _settle_attempts(self, c, run_id: str, rows: list[dict], now) -> None:
+    def _settle_attempts(self, c, run_id: str, entity: str, columns: dict[str, list]) -> None:
         """Close what other runs left open for the changes this run found in place or applied:
         found in place -> their send landed (`applied`); applied here -> theirs had not
         (`interrupted`). This also catches a send that landed after a look had found it missing
         (a request the server still held when the run was killed)."""
-        outcome = {r["change_id"]: r["status"] for r in rows if r["status"] in ("unchanged", "applied")}
+        if (run_id, entity) in self._none_open:
+            return
+        outcome = {cid: status for cid, status in zip(columns["change_id"], columns["status"])
+                   if status in ("unchanged", "applied")}
         if not outcome:
             return
-        entity = rows[0]["entity"]
-        open_here = (ledger.c.entity == entity, sa.text(_UNSETTLED), _still_open(), ledger.c.run_id != run_id)
+        open_here = _open_elsewhere(run_id, entity)
         # the usual case, nothing open: one probe of the partial index instead of a look per 500
         # ids (MariaDB has no partial indexes: there the probe would walk the entity's rows)
         if self.engine.dialect.name not in ("mysql", "mariadb") and \
@@ -528,16 +542,22 @@ class StateStore:
             c.execute(sa.update(ledger).where(ledger.c.id == sa.bindparam("i"), sa.text(_UNSETTLED),
                                               ledger.c.status == was).values(status=status, error=note), ids)
 
-    def _dead_letter(self, c, run_id: str, rows: list[dict], now) -> None:
+    def _dead_letter(self, c, run_id: str, columns: dict[str, list], now) -> None:
         # statements are executed per row but compiled once, and only for the rows an open dead
-        # letter concerns: a batch rebuilt per row cost more than the writes it records
-        entities = sorted({r["entity"] for r in rows})
+        # letter concerns: a batch rebuilt per row cost more than the writes it records. Rows are
+        # made dicts only where needed: the usual batch, all applied and no dead letter open, none
+        entities = sorted(set(columns["entity"]))
         open_ = lambda: c.execute(sa.select(  # noqa: E731
             dead_letters.c.change_id, dead_letters.c.system, dead_letters.c.entity,
             dead_letters.c.target_key, dead_letters.c.field).where(
             dead_letters.c.status == "open", dead_letters.c.entity.in_(entities))).all()
-        done = [r for r in rows if r["status"] in ("applied", "unchanged")]
-        if done and self._has_open_dead_letters(c):
+        status, attempts = columns["status"], columns["attempts"]
+
+        def rows_at(positions: list[int]) -> list[dict]:
+            return [{n: v[i] for n, v in columns.items()} for i in positions]
+
+        if any(s in ("applied", "unchanged") for s in status) and self._has_open_dead_letters(c):
+            done = rows_at([i for i, s in enumerate(status) if s in ("applied", "unchanged")])
             open_fields = {(o.system, o.entity, o.target_key, o.field) for o in open_()}
             hits = [{"sys": r["system"], "ent": r["entity"], "key": r["target_key"], "fld": r["field"],
                      "cid": r["change_id"], "note": "applied" if r["status"] == "applied" else "found in place"}
@@ -551,8 +571,7 @@ class StateStore:
                     status=sa.case((dead_letters.c.change_id == sa.bindparam("cid"), "resolved"),
                                    else_="superseded"),
                     resolved_run_id=run_id, resolved_at=now, note=sa.bindparam("note")), hits)
-        failed = [r for r in rows if r["status"] in FAILED
-                  or (r["status"] == "rejected" and (r["attempts"] or 0) > 0)]
+        failed = rows_at([i for i, s in enumerate(status) if s in FAILED or (s == "rejected" and (attempts[i] or 0) > 0)])
         if not failed:
             return
         open_ids = {o.change_id for o in open_()} if self._has_open_dead_letters(c) else set()

@@ -194,3 +194,31 @@ def test_a_change_applied_before_a_failed_retry_stays_applied(db_url):
     assert (led["c1"]["status"], led["c2"]["status"]) == ("applied", "retryable_error")
     assert "earlier attempt" in led["c1"]["error"] and "retryable_error" in led["c1"]["error"]
     assert retry.dead_letters().column("change_id").to_pylist() == ["c2"]
+
+
+def test_a_journalled_write_back_settles_what_other_runs_left_open_when_it_began(db_url):
+    store = StateStore(db_url)
+    store.record_attempting("killed", "price", _plan(["c1", "c2"]))  # sent; the run died before the outcome
+    # the next run's write-back, batch by batch: c1 found in place (the send had landed), c2 applied
+    _journal(StateStore(db_url), "next", ["c1", "c2"], ["unchanged", "applied"])
+    killed = {r["change_id"]: r["status"] for r in store.ledger("killed").to_pylist()}
+    assert killed == {"c1": "applied", "c2": "interrupted"}
+
+
+def test_a_write_back_with_nothing_left_open_looks_once_not_per_batch(tmp_path):
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    looks = []
+
+    @sa.event.listens_for(store.engine, "before_cursor_execute")
+    def _seen(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().startswith("SELECT") and "FROM ledger" in statement and \
+                "status IN ('attempting', 'not_landed')" in statement:
+            looks.append(statement)
+
+    ids = [f"c{i}" for i in range(6)]
+    store.begin_journal("run-1", "price", ids)
+    for part in (ids[:2], ids[2:4], ids[4:]):
+        batch = store.record_attempting("run-1", "price", _plan(part))
+        store.record("run-1", "price", _plan(part), _outcomes(part, ["applied"] * 2), batch_id=batch)
+    assert len(looks) == 1, looks  # begin_journal's probe; the three batches trust it
+    assert set(store.ledger("run-1").column("status").to_pylist()) == {"applied"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 import pyarrow as pa
@@ -39,19 +40,27 @@ def test_chunks_that_disagree_on_a_type_still_make_one_table():
     assert unify([a, b]).column("v").to_pylist() == [None, None, Decimal("1.25"), Decimal("10.50")]
 
 
-def test_sqlite_reads_by_adbc_and_a_bound_read_by_the_cursor(tmp_path):
+def test_sqlite_reads_by_adbc_with_its_values_bound(tmp_path):
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
     with engine.begin() as c:
-        c.exec_driver_sql("CREATE TABLE t (k TEXT PRIMARY KEY, name TEXT, qty INTEGER)")
-        c.exec_driver_sql("INSERT INTO t VALUES ('a', 'Müller', 9007199254740993), ('b', '日本', 2)")
-    t = sa.table("t", sa.column("k"), sa.column("name"), sa.column("qty"))
+        c.exec_driver_sql("CREATE TABLE t (k TEXT PRIMARY KEY, name TEXT, qty INTEGER, updated_at TIMESTAMP)")
+        c.exec_driver_sql("INSERT INTO t VALUES ('a', 'Müller', 9007199254740993, '2026-12-07 10:00:00'), "
+                          "('b', '日本', 2, '2026-12-07 09:59:59.5'), ('c', 'O''Brien', 3, NULL)")
+    t = sa.table("t", sa.column("k"), sa.column("name"), sa.column("qty"), sa.column("updated_at"))
     full = read_arrow(engine, sa.select(t.c.k, t.c.name, t.c.qty))
     assert full.method == "adbc"
     assert full.table.to_pylist() == [{"k": "a", "name": "Müller", "qty": 9007199254740993},
-                                      {"k": "b", "name": "日本", "qty": 2}]
+                                      {"k": "b", "name": "日本", "qty": 2}, {"k": "c", "name": "O'Brien", "qty": 3}]
     bound = read_arrow(engine, sa.select(t.c.k).where(t.c.qty > sa.bindparam("q", 5)))
-    assert bound.method == "cursor"  # values are bound by the driver, never inlined
-    assert bound.table.column("k").to_pylist() == ["a"]
+    assert bound.method == "adbc" and bound.table.column("k").to_pylist() == ["a"]
+    # a value is a value, never SQL: neither inlined nor able to widen the read
+    assert read_arrow(engine, sa.select(t.c.k).where(t.c.name == "x' OR '1'='1")).table.num_rows == 0
+    assert read_arrow(engine, sa.select(t.c.k).where(t.c.name == "O'Brien")).table.column("k").to_pylist() == ["c"]
+    # a `since` timestamp compares with the stored text as the cursor's driver binds it
+    since = sa.select(t.c.k).where(t.c.updated_at > sa.bindparam("since", datetime(2026, 12, 7, 9, 59, 59)))
+    by_adbc, by_cursor = read_arrow(engine, since), read_arrow(engine, since, method="cursor")
+    assert by_adbc.method == "adbc" and by_cursor.method == "cursor"
+    assert sorted(by_adbc.table.column("k").to_pylist()) == sorted(by_cursor.table.column("k").to_pylist()) == ["a", "b"]
 
 
 def test_a_fast_path_that_fails_falls_back_to_the_cursor(tmp_path):

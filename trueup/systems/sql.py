@@ -87,9 +87,13 @@ class SqlSystem:
             after = sa.bindparam("since", self._timestamp(since))
             stmt = stmt.where(t.c[em.updated_at] > after)
             if em.changes_from:  # a view: its changed keys first, through its tables' change indexes
-                changed = sa.union(*[
+                # UNION ALL, then DISTINCT: a UNION let SQLite 3.53 (ADBC's own copy) merge the sources
+                # in key order, scanning a table's 5M rows by its key instead of its change index
+                # (0.86 s for no change at the large size); both versions plan this form by the indexes
+                sources = sa.union_all(*[
                     sa.select(*[sa.column(k) for k in em.key_columns]).select_from(sa.table(src.table))
-                    .where(sa.column(src.updated_at) > after) for src in em.changes_from]).subquery("changed")
+                    .where(sa.column(src.updated_at) > after) for src in em.changes_from]).subquery("sources")
+                changed = sa.select(*[sources.c[k] for k in em.key_columns]).distinct().subquery("changed")
                 # joined, not a row-value `IN`, for which SQLite scans the view's rows (measured at the
                 # large size: none changed, IN 0.26 s, join 0.2 ms; 100,000 changed, 1.31 s and 0.39 s)
                 stmt = stmt.select_from(t.join(changed, sa.and_(*[t.c[k] == changed.c[k] for k in em.key_columns])))

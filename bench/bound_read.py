@@ -1,13 +1,16 @@
-"""A read with a bound value (an incremental `since`) from SQLite, alone and beside a busy thread.
+"""Reads with values from SQLite, alone and beside a busy thread: an incremental `since`, and the
+live read of a set of keys (the compare before writing, a sync's counterparts).
 
     uv run python bench/bound_read.py [--rows 5000000] [--changed 50000] [--repeat 3]
 
 Builds a price table of `rows` rows with a change index, `changed` of them changed after the
 watermark, then reads the changed rows as the SQL adapter does (`read_arrow`) by the cursor
-(Python's sqlite3 through SQLAlchemy) and by ADBC with the value bound, each alone and while
-another thread of the same process runs Python (as, in a sync, another system's read parses its
-JSON pages or the journal records a batch). Prints seconds per path and setting (best of
-`repeat`) and checks both paths read the same rows.
+(Python's sqlite3 through SQLAlchemy) and by ADBC with the value bound, and the rows of `changed`
+keys as `SqlSystem.fetch_live` does (a join to the keys in a temporary table: by the cursor, and
+by ADBC with the keys ingested as Arrow), each alone and while another thread of the same process
+runs Python (as, in a sync, another system's read parses its JSON pages or the journal records a
+batch). Prints seconds per path and setting (best of `repeat`) and checks both paths read the
+same rows.
 
 The cursor hands the interpreter's lock back around every row it steps; beside a thread that holds
 it, each hand-back waits for that thread to let go, so the read crawls for as long as the other
@@ -29,6 +32,9 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from trueup.config import SystemsConfig  # noqa: E402
+from trueup.systems import sql as sql_module  # noqa: E402
+from trueup.systems.sql import SqlSystem  # noqa: E402
 from trueup.systems.sql_arrow import read_arrow  # noqa: E402
 
 WATERMARK = datetime(2026, 12, 1)
@@ -55,18 +61,26 @@ def busy(stop: threading.Event) -> None:
         sum(range(1000))
 
 
-def timed(engine: sa.Engine, stmt, method: str, beside_busy: bool) -> tuple[float, int, str]:
+def timed(read, beside_busy: bool) -> tuple[float, int]:
     stop = threading.Event()
     other = threading.Thread(target=busy, args=(stop,)) if beside_busy else None
     if other:
         other.start()
     t = time.perf_counter()
-    read = read_arrow(engine, stmt, method=method)
+    rows = read()
     seconds = time.perf_counter() - t
     stop.set()
     if other:
         other.join()
-    return seconds, read.table.num_rows, read.method
+    return seconds, rows
+
+
+def row(label: str, read, repeat: int) -> set[int]:
+    alone = [timed(read, False) for _ in range(repeat)]
+    beside = [timed(read, True) for _ in range(repeat)]
+    print(f"| {label} | {min(s for s, _ in alone):.3f} | {min(s for s, _ in beside):.3f} | {alone[0][1]:,} |",
+          flush=True)
+    return {n for _, n in alone + beside}
 
 
 def main() -> None:
@@ -84,17 +98,24 @@ def main() -> None:
         t_ = sa.table("price", *[sa.column(c) for c in ("price_list", "sku", "uom", "min_qty", "unit_price",
                                                         "valid_to", "updated_at")])
         stmt = sa.select(*t_.c).where(t_.c.updated_at > sa.bindparam("since", WATERMARK))
-        print("| path | alone, s | beside a busy thread, s | rows |")
+        erp = SqlSystem("erp", f"sqlite:///{path}", SystemsConfig.model_validate({"systems": {"erp": {
+            "kind": "sql", "entities": {"price": {
+                "table": "price", "key": ["price_list", "sku", "uom", "min_qty"],
+                "fields": {"price_list": "price_list", "sku": "sku", "uom": "uom",
+                           "min_qty": {"column": "min_qty", "transform": "integer"},
+                           "unit_price": {"column": "unit_price", "transform": "decimal4"}}}}}}}).systems["erp"])
+        keys = [f"PL{i % 50}|SKU{i}|EA|1" for i in range(0, args.rows, max(1, args.rows // args.changed))]
+        adbc_live = sql_module.sqlite_by_adbc
+        print("| read | alone, s | beside a busy thread, s | rows |")
         print("|---|---:|---:|---:|")
-        counts = set()
         for method in ("cursor", "adbc"):
-            alone = [timed(engine, stmt, method, False) for _ in range(args.repeat)]
-            beside = [timed(engine, stmt, method, True) for _ in range(args.repeat)]
-            counts |= {n for _, n, _ in alone + beside}
-            print(f"| {alone[0][2]} | {min(s for s, _, _ in alone):.3f} | {min(s for s, _, _ in beside):.3f} "
-                  f"| {alone[0][1]:,} |", flush=True)
-        if len(counts) != 1:
-            raise SystemExit(f"the paths read different row counts: {sorted(counts)}")
+            counts = row(f"since, {method}", lambda m=method: read_arrow(engine, stmt, method=m).table.num_rows,
+                         args.repeat)
+            sql_module.sqlite_by_adbc = adbc_live if method == "adbc" else (lambda engine: False)
+            counts |= row(f"live by key, {method}", lambda: erp.fetch_live("price", keys).num_rows, args.repeat)
+            if len(counts) != 1:
+                raise SystemExit(f"{method}: the reads disagree on the rows: {sorted(counts)}")
+        sql_module.sqlite_by_adbc = adbc_live
 
 
 if __name__ == "__main__":

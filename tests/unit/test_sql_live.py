@@ -138,3 +138,35 @@ fields: {match_key: sku, sku: sku, description: description}
     stamp = stamp.astimezone(timezone.utc) if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
     expected = ahead if db_url.startswith("sqlite") else datetime.now(timezone.utc)
     assert abs(stamp - expected) < timedelta(minutes=5), (stamp, expected)
+
+
+def test_a_sqlite_live_read_goes_through_adbc_and_reads_what_the_cursor_reads(tmp_path, monkeypatch):
+    from trueup.systems import sql as sql_module
+
+    url = f"sqlite:///{tmp_path / 'erp.sqlite'}"
+    engine = sa.create_engine(url)
+    md = sa.MetaData()
+    price = sa.Table("price", md, *[sa.Column(c, sa.String(32), primary_key=True) for c in ("price_list", "sku", "uom")],
+                     sa.Column("min_qty", sa.Integer, primary_key=True, autoincrement=False),
+                     sa.Column("unit_price", sa.Numeric(18, 4)))
+    md.create_all(engine)
+    with engine.begin() as c:
+        c.execute(price.insert(), [{"price_list": "LIST", "sku": sku, "uom": "EA", "min_qty": q, "unit_price": q / 8}
+                                   for sku in ("S1", "O'Neil", "S3") for q in (1, 10)])
+    engine.dispose()
+    system = SqlSystem("erp", url, SystemsConfig.model_validate({"systems": {"erp": SYSTEM}}).systems["erp"])
+    # a quote in a key is a value, an integer key part is matched as the column's number
+    keys = ["LIST|O'Neil|EA|10", "LIST|S1|EA|1", "LIST|S1|EA|1", "LIST|S3|EA|2", "LIST|S3|EA|10"]
+    joins: list[str] = []
+    sa.event.listen(system.engine, "before_cursor_execute", lambda *a: joins.append(a[2]) if "JOIN" in a[2] else None)
+    by_adbc = system.fetch_live("price", keys)
+    assert joins == []  # not through the engine's cursor
+    monkeypatch.setattr(sql_module, "sqlite_by_adbc", lambda engine: False)
+    by_cursor = system.fetch_live("price", keys)
+    assert joins  # the cursor's join
+    assert by_adbc.schema == by_cursor.schema
+    order = [("sku", "ascending"), ("min_qty", "ascending")]
+    assert by_adbc.sort_by(order).to_pylist() == by_cursor.sort_by(order).to_pylist() == [
+        {"price_list": "LIST", "sku": "O'Neil", "uom": "EA", "min_qty": 10, "unit_price": 1.25},
+        {"price_list": "LIST", "sku": "S1", "uom": "EA", "min_qty": 1, "unit_price": 0.125},
+        {"price_list": "LIST", "sku": "S3", "uom": "EA", "min_qty": 10, "unit_price": 1.25}]

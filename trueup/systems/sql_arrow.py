@@ -15,8 +15,8 @@ config, no values). A statement with values (an incremental `since`) goes throug
 drivers bind every value, except on SQLite, where ADBC binds them: Python's sqlite3 hands the
 interpreter's lock back and forth around every row it steps, and beside a busy thread (another
 system's read parsing JSON, the journal) each hand-back waits for that thread to let go
-(bench/bound_read.py, 50,000 changed of 5M prices: 0.39 s alone, 34 s beside a busy thread; ADBC
-0.2 s either way). Money stays decimal on every path (NUMERIC
+(bench/bound_read.py, 50,000 changed of 5M prices: 0.34-0.41 s alone, 2.6-34 s beside a busy
+thread, varying run to run with the scheduling; ADBC 0.18-0.24 s either way). Money stays decimal on every path (NUMERIC
 with a declared scale becomes decimal128, never float), timestamps keep their time zone, and text
 is UTF-8 whatever the script.
 """
@@ -130,6 +130,31 @@ def read_arrow(engine: sa.Engine, stmt: sa.Executable, *, method: str | None = N
             log.warning("%s read via %s failed (%s: %s); reading with a server-side cursor",
                         dialect_of(engine), chosen, type(exc).__name__, _masked(engine, str(exc))[:200])
     return ArrowRead(normalize(_read_cursor(engine, stmt)), "cursor")
+
+
+def sqlite_by_adbc(engine: sa.Engine) -> bool:
+    """Whether this engine's database is one ADBC may read: a SQLite file not in WAL mode, with
+    the driver installed (`_sqlite_wal` says why a WAL-mode one is not)."""
+    return dialect_of(engine) == "sqlite" and fast_method(engine) == "adbc" and _sqlite_wal(engine) is False
+
+
+def read_sqlite_by_keys(engine: sa.Engine, create_keys: str, keys_table: str, keys: pa.Table, select: str) -> pa.Table:
+    """`select`'s rows for the keys given, on SQLite through ADBC: `create_keys` makes the
+    temporary table `keys_table` (with the key columns' own types, so the join uses the table's
+    index), the keys go into it as Arrow (bound, never SQL text) and `select` joins it, all on a
+    connection of its own (the table goes with it). Beside a busy thread the cursor's per-row hand
+    of the interpreter's lock made 50,000 keys take 4.8-105 s against 0.7-1.9 s alone; here
+    0.3-0.5 s either way (bench/bound_read.py; the module docstring says why)."""
+    import adbc_driver_sqlite.dbapi as adbc
+
+    con = adbc.connect(engine.url.database)
+    try:
+        with con.cursor() as cur:
+            cur.execute(create_keys)
+            cur.adbc_ingest(keys_table, keys, mode="append", temporary=True)
+        return normalize(_read_adbc_sqlite(con, select))
+    finally:
+        con.close()
 
 
 def _masked(engine: sa.Engine, message: str) -> str:

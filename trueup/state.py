@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import sqlite3
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -281,7 +282,6 @@ def _insert_many(c: sa.Connection, table: sa.Table, columns: dict[str, list]) ->
     statement is compiled once for the dialect and each type's bind processing is applied per
     column (SQLAlchemy's per-row parameter processing was ~40% of the journal's insert time)."""
     names = list(columns)
-    compiled = _compiled_insert(table, c.dialect, tuple(names))
     values = []
     for name in names:
         process = table.c[name].type.dialect_impl(c.dialect).bind_processor(c.dialect)
@@ -290,6 +290,10 @@ def _insert_many(c: sa.Connection, table: sa.Table, columns: dict[str, list]) ->
             values.append([seen[v] if v in seen else seen.setdefault(v, process(v)) for v in columns[name]])
         else:
             values.append(columns[name])
+    if c.dialect.name == "sqlite":
+        _insert_sqlite(c, table, names, values)
+        return
+    compiled = _compiled_insert(table, c.dialect, tuple(names))
     if compiled.positional:
         order = [names.index(k) for k in compiled.positiontup]
         params = list(zip(*[values[i] for i in order]))
@@ -297,6 +301,26 @@ def _insert_many(c: sa.Connection, table: sa.Table, columns: dict[str, list]) ->
         params = [dict(zip(names, row)) for row in zip(*values)]
     if params:
         c.exec_driver_sql(compiled.string, params)
+
+
+# the most values one SQLite statement may bind (SQLITE_MAX_VARIABLE_NUMBER: 999 before 3.32)
+_SQLITE_MAX_VALUES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+
+
+def _insert_sqlite(c: sa.Connection, table: sa.Table, names: list[str], values: list[list]) -> None:
+    """The rows in multi-row INSERTs, one step of SQLite's each. An executemany steps once per
+    row, and Python's sqlite3 lets go of the interpreter's lock around every step: beside a busy
+    thread (the write-back's senders building requests) each hand-back waits for that thread."""
+    rows = list(zip(*values))
+    if not rows:
+        return
+    quote = c.dialect.identifier_preparer.quote
+    head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(n) for n in names)}) VALUES "
+    one = "(" + ", ".join(["?"] * len(names)) + ")"
+    per = max(1, _SQLITE_MAX_VALUES // len(names))
+    for i in range(0, len(rows), per):
+        chunk = rows[i:i + per]
+        c.exec_driver_sql(head + ", ".join([one] * len(chunk)), tuple(v for row in chunk for v in row))
 
 
 class StateStore:

@@ -222,3 +222,24 @@ def test_a_write_back_with_nothing_left_open_looks_once_not_per_batch(tmp_path):
         store.record("run-1", "price", _plan(part), _outcomes(part, ["applied"] * 2), batch_id=batch)
     assert len(looks) == 1, looks  # begin_journal's probe; the three batches trust it
     assert set(store.ledger("run-1").column("status").to_pylist()) == {"applied"}
+
+
+def test_a_large_record_on_sqlite_lands_every_row_once_in_a_few_multi_row_inserts(tmp_path):
+    """More rows than one SQLite statement may bind values for: split over statements, none lost
+    or doubled, and no executemany (it steps, and hands the interpreter's lock back, per row)."""
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    inserts = []
+
+    @sa.event.listens_for(store.engine, "before_cursor_execute")
+    def _seen(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("INSERT INTO ledger"):
+            inserts.append(executemany)
+
+    ids = [f"c{i}" for i in range(5000)]
+    statuses = ["applied", "unchanged", "rejected", "applied", "retryable_error"] * 1000
+    store.record("run-1", "price", _plan(ids), _outcomes(ids, statuses))
+    led = {r["change_id"]: r for r in store.ledger("run-1").to_pylist()}
+    assert store.ledger("run-1").num_rows == 5000 and sorted(led) == sorted(ids)
+    assert [led[i]["status"] for i in ids] == statuses
+    assert all(led[i]["target_key"] == f"K-{i}" and led[i]["new_value"] == "2.0000" for i in ids)
+    assert 1 < len(inserts) <= 5 and not any(inserts)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import functools
 import json
-import sqlite3
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -36,7 +35,7 @@ from pathlib import Path
 import pyarrow as pa
 import sqlalchemy as sa
 
-from trueup.sqlite import use_wal
+from trueup.sqlite import insert_rows, use_wal
 
 metadata = sa.MetaData()
 
@@ -290,8 +289,8 @@ def _insert_many(c: sa.Connection, table: sa.Table, columns: dict[str, list]) ->
             values.append([seen[v] if v in seen else seen.setdefault(v, process(v)) for v in columns[name]])
         else:
             values.append(columns[name])
-    if c.dialect.name == "sqlite":
-        _insert_sqlite(c, table, names, values)
+    if c.dialect.name == "sqlite":  # few statements, not a step (and a hand of the lock) per row
+        insert_rows(c, table.name, names, list(zip(*values)))
         return
     compiled = _compiled_insert(table, c.dialect, tuple(names))
     if compiled.positional:
@@ -301,26 +300,6 @@ def _insert_many(c: sa.Connection, table: sa.Table, columns: dict[str, list]) ->
         params = [dict(zip(names, row)) for row in zip(*values)]
     if params:
         c.exec_driver_sql(compiled.string, params)
-
-
-# the most values one SQLite statement may bind (SQLITE_MAX_VARIABLE_NUMBER: 999 before 3.32)
-_SQLITE_MAX_VALUES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
-
-
-def _insert_sqlite(c: sa.Connection, table: sa.Table, names: list[str], values: list[list]) -> None:
-    """The rows in multi-row INSERTs, one step of SQLite's each. An executemany steps once per
-    row, and Python's sqlite3 lets go of the interpreter's lock around every step: beside a busy
-    thread (the write-back's senders building requests) each hand-back waits for that thread."""
-    rows = list(zip(*values))
-    if not rows:
-        return
-    quote = c.dialect.identifier_preparer.quote
-    head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(n) for n in names)}) VALUES "
-    one = "(" + ", ".join(["?"] * len(names)) + ")"
-    per = max(1, _SQLITE_MAX_VALUES // len(names))
-    for i in range(0, len(rows), per):
-        chunk = rows[i:i + per]
-        c.exec_driver_sql(head + ", ".join([one] * len(chunk)), tuple(v for row in chunk for v in row))
 
 
 class StateStore:

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from trueup.config import EntityMap, SystemConfig
+from trueup.sqlite import insert_rows
 from trueup.systems.sql_arrow import (  # noqa: F401 (re-export)
     dialect_of, read_arrow, read_sqlite_by_keys, rows_to_arrow, sqlite_by_adbc)
 from trueup.writeback import WriteOp, WriteResult
@@ -244,11 +245,12 @@ class SqlSystem:
         if adjusts:
             adj = em.adjustments
             cols = em.key_columns + [adj.quantity, adj.reason, adj.reference, adj.posted_at]
-            ins = sa.insert(sa.table(adj.table, *[sa.column(c) for c in cols]))
-            conn.execute(ins, [
-                {**{k: b(v) for k, v in op.key_values.items()}, adj.quantity: op.delta, adj.reason: op.reason,
-                 adj.reference: op.idempotency_key, adj.posted_at: now}
-                for op in adjusts])
+            rows = [{**{k: b(v) for k, v in op.key_values.items()}, adj.quantity: op.delta, adj.reason: op.reason,
+                     adj.reference: op.idempotency_key, adj.posted_at: now} for op in adjusts]
+            if self.dialect == "sqlite":  # few statements, not a step (and a hand of the lock) per row
+                insert_rows(conn, adj.table, cols, [tuple(r[c] for c in cols) for r in rows])
+            else:
+                conn.execute(sa.insert(sa.table(adj.table, *[sa.column(c) for c in cols])), rows)
 
     def _upsert(self, table: str, columns: list[str], keys: list[str]) -> sa.Insert:
         """INSERT that updates the row when its key exists, in this dialect's words."""

@@ -34,15 +34,20 @@ entities:
 """)
 
 
+def _price_table(md: sa.MetaData) -> sa.Table:
+    """A price list keyed by list, SKU, unit and an integer minimum quantity."""
+    return sa.Table("price", md, *[sa.Column(c, sa.String(32), primary_key=True) for c in ("price_list", "sku", "uom")],
+                    sa.Column("min_qty", sa.Integer, primary_key=True, autoincrement=False),
+                    sa.Column("unit_price", sa.Numeric(18, 4)))
+
+
 def test_the_rows_of_exactly_the_keys_asked_for(db_url):
     url = db_url
     engine = sa.create_engine(url)
     md = sa.MetaData()
     stock = sa.Table("stock", md, sa.Column("sku", sa.String(32), primary_key=True),
                      sa.Column("location", sa.String(32), primary_key=True), sa.Column("on_hand", sa.Integer))
-    price = sa.Table("price", md, *[sa.Column(c, sa.String(32), primary_key=True) for c in ("price_list", "sku", "uom")],
-                     sa.Column("min_qty", sa.Integer, primary_key=True, autoincrement=False),
-                     sa.Column("unit_price", sa.Numeric(18, 4)))
+    price = _price_table(md)
     md.create_all(engine)
     with engine.begin() as c:
         c.execute(stock.insert(), [{"sku": f"S{n}", "location": f"DC-{n % 7}", "on_hand": n} for n in range(1, 3001)])
@@ -146,9 +151,7 @@ def test_a_sqlite_live_read_goes_through_adbc_and_reads_what_the_cursor_reads(tm
     url = f"sqlite:///{tmp_path / 'erp.sqlite'}"
     engine = sa.create_engine(url)
     md = sa.MetaData()
-    price = sa.Table("price", md, *[sa.Column(c, sa.String(32), primary_key=True) for c in ("price_list", "sku", "uom")],
-                     sa.Column("min_qty", sa.Integer, primary_key=True, autoincrement=False),
-                     sa.Column("unit_price", sa.Numeric(18, 4)))
+    price = _price_table(md)
     md.create_all(engine)
     with engine.begin() as c:
         c.execute(price.insert(), [{"price_list": "LIST", "sku": sku, "uom": "EA", "min_qty": q, "unit_price": q / 8}

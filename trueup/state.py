@@ -574,7 +574,8 @@ class StateStore:
                     status=sa.case((dead_letters.c.change_id == sa.bindparam("cid"), "resolved"),
                                    else_="superseded"),
                     resolved_run_id=run_id, resolved_at=now, note=sa.bindparam("note")), hits)
-        failed = rows_at([i for i, s in enumerate(status) if s in FAILED or (s == "rejected" and (attempts[i] or 0) > 0)])
+        failed = rows_at([i for i, s in enumerate(status)
+                          if s in FAILED or (s == "rejected" and (attempts[i] or 0) > 0)])
         if not failed:
             return
         open_ids = {o.change_id for o in open_()} if self._has_open_dead_letters(c) else set()

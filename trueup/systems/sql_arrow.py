@@ -16,9 +16,9 @@ drivers bind every value, except on SQLite, where ADBC binds them: Python's sqli
 interpreter's lock back and forth around every row it steps, and beside a busy thread (another
 system's read parsing JSON, the journal) each hand-back waits for that thread to let go
 (bench/bound_read.py, 50,000 changed of 5M prices: 0.34-0.41 s alone, 2.6-34 s beside a busy
-thread, varying run to run with the scheduling; ADBC 0.18-0.24 s either way). Money stays decimal on every path (NUMERIC
-with a declared scale becomes decimal128, never float), timestamps keep their time zone, and text
-is UTF-8 whatever the script.
+thread, varying run to run with the scheduling; ADBC 0.18-0.24 s either way). Money stays decimal
+on every path (NUMERIC with a declared scale becomes decimal128, never float), timestamps keep
+their time zone, and text is UTF-8 whatever the script.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def read_sqlite_by_keys(engine: sa.Engine, create_keys: str, keys_table: str, ke
     index), the keys go into it as Arrow (bound, never SQL text) and `select` joins it, all on a
     connection of its own (the table goes with it). Beside a busy thread the cursor's per-row hand
     of the interpreter's lock made 50,000 keys take 4.8-105 s against 0.7-1.9 s alone; here
-    0.3-0.5 s either way (bench/bound_read.py; the module docstring says why)."""
+    0.3-0.9 s either way (bench/bound_read.py and a script; the module docstring says why)."""
     import adbc_driver_sqlite.dbapi as adbc
 
     con = adbc.connect(engine.url.database)

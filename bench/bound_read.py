@@ -108,14 +108,21 @@ def main() -> None:
         adbc_live = sql_module.sqlite_by_adbc
         print("| read | alone, s | beside a busy thread, s | rows |")
         print("|---|---:|---:|---:|")
+        read: dict[str, set] = {}  # what each path read, to compare the two
         for method in ("cursor", "adbc"):
+            got = read_arrow(engine, stmt, method=method).table
+            read[f"since, {method}"] = set(zip(got.column("sku").to_pylist(), got.column("price_list").to_pylist()))
             counts = row(f"since, {method}", lambda m=method: read_arrow(engine, stmt, method=m).table.num_rows,
                          args.repeat)
             sql_module.sqlite_by_adbc = adbc_live if method == "adbc" else (lambda engine: False)
+            got = erp.fetch_live("price", keys)
+            read[f"live, {method}"] = set(zip(got.column("sku").to_pylist(), got.column("price_list").to_pylist()))
             counts |= row(f"live by key, {method}", lambda: erp.fetch_live("price", keys).num_rows, args.repeat)
             if len(counts) != 1:
                 raise SystemExit(f"{method}: the reads disagree on the rows: {sorted(counts)}")
         sql_module.sqlite_by_adbc = adbc_live
+        if read["since, cursor"] != read["since, adbc"] or read["live, cursor"] != read["live, adbc"]:
+            raise SystemExit("the cursor and ADBC read different rows")
 
 
 if __name__ == "__main__":

@@ -423,9 +423,10 @@ class StateStore:
         attempt sent is remembered: it is still trueup's write (`record`, `_earlier_attempt`)."""
         with self.engine.begin() as c:
             removed = self._delete_run_rows(c, run_id, entity, change_ids)
-            # nothing of other runs to settle now: none for the batches to look for either (a
-            # send another run starts meanwhile is that run's to settle). One probe, not one a
-            # batch; MariaDB, without partial indexes, keeps its look per batch
+            # nothing of other runs to settle now: none for the journalled batches to look for
+            # either. One probe, not one a batch. A send of an overlapping run that dies after this
+            # probe is settled by a later run's look at the system (`unsettled`), not by these
+            # batches. MariaDB, without partial indexes, keeps its look per batch
             if self.engine.dialect.name not in ("mysql", "mariadb") and c.execute(
                     sa.select(ledger.c.id).where(*_open_elsewhere(run_id, entity)).limit(1)).first() is None:
                 self._none_open.add((run_id, entity))
@@ -474,7 +475,7 @@ class StateStore:
                 self._replace(c, run_id, entity, columns)
             else:
                 self._settle_batch(c, run_id, batch_id, columns, now)
-            self._settle_attempts(c, run_id, entity, columns)
+            self._settle_attempts(c, run_id, entity, columns, journalled=batch_id is not None)
             self._dead_letter(c, run_id, columns, now)
 
     @staticmethod
@@ -509,12 +510,14 @@ class StateStore:
                     c.execute(sa.update(ledger).where(ledger.c.id.in_(ids[i:i + 500]), sa.text(_UNSETTLED))
                               .values(status=status, error=note))
 
-    def _settle_attempts(self, c, run_id: str, entity: str, columns: dict[str, list]) -> None:
+    def _settle_attempts(self, c, run_id: str, entity: str, columns: dict[str, list], *,
+                         journalled: bool = False) -> None:
         """Close what other runs left open for the changes this run found in place or applied:
         found in place -> their send landed (`applied`); applied here -> theirs had not
         (`interrupted`). This also catches a send that landed after a look had found it missing
-        (a request the server still held when the run was killed)."""
-        if (run_id, entity) in self._none_open:
+        (a request the server still held when the run was killed). A journalled batch trusts its
+        write-back's first look (`begin_journal`): nothing open then, nothing to look for."""
+        if journalled and (run_id, entity) in self._none_open:
             return
         outcome = {cid: status for cid, status in zip(columns["change_id"], columns["status"])
                    if status in ("unchanged", "applied")}

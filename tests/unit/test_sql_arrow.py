@@ -54,8 +54,13 @@ def test_sqlite_reads_by_adbc_with_its_values_bound(tmp_path):
     bound = read_arrow(engine, sa.select(t.c.k).where(t.c.qty > sa.bindparam("q", 5)))
     assert bound.method == "adbc" and bound.table.column("k").to_pylist() == ["a"]
     # a value is a value, never SQL: neither inlined nor able to widen the read
-    assert read_arrow(engine, sa.select(t.c.k).where(t.c.name == "x' OR '1'='1")).table.num_rows == 0
-    assert read_arrow(engine, sa.select(t.c.k).where(t.c.name == "O'Brien")).table.column("k").to_pylist() == ["c"]
+    injected = read_arrow(engine, sa.select(t.c.k).where(t.c.name == "x' OR '1'='1"))
+    assert injected.method == "adbc" and injected.table.num_rows == 0
+    quoted = read_arrow(engine, sa.select(t.c.k).where(t.c.name == "O'Brien"))
+    assert quoted.method == "adbc" and quoted.table.column("k").to_pylist() == ["c"]
+    # an expanded IN list's values are the cursor's to bind
+    listed = read_arrow(engine, sa.select(t.c.k).where(t.c.k.in_(["a", "c", "z"])))
+    assert listed.method == "cursor" and sorted(listed.table.column("k").to_pylist()) == ["a", "c"]
     # a `since` timestamp compares with the stored text as the cursor's driver binds it
     since = sa.select(t.c.k).where(t.c.updated_at > sa.bindparam("since", datetime(2026, 12, 7, 9, 59, 59)))
     by_adbc, by_cursor = read_arrow(engine, since), read_arrow(engine, since, method="cursor")

@@ -104,7 +104,9 @@ def read_arrow(engine: sa.Engine, stmt: sa.Executable, *, method: str | None = N
     """
     compiled = stmt.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
     has_params = bool(compiled.params) and any(v is not None for v in compiled.params.values())
-    binds_values = dialect_of(engine) == "sqlite"  # the one fast path that binds values (module docstring)
+    # the one fast path that binds values (module docstring), for values it can name: an expanded
+    # IN list's are the cursor's
+    binds_values = dialect_of(engine) == "sqlite" and all(n in compiled.binds for n in compiled.positiontup or ())
     chosen = method or (None if has_params and not binds_values else fast_method(engine))
     if chosen == "adbc" and dialect_of(engine) == "sqlite" and _sqlite_wal(engine) is not False:
         if method:
@@ -134,7 +136,10 @@ def read_arrow(engine: sa.Engine, stmt: sa.Executable, *, method: str | None = N
 
 def sqlite_by_adbc(engine: sa.Engine) -> bool:
     """Whether this engine's database is one ADBC may read: a SQLite file not in WAL mode, with
-    the driver installed (`_sqlite_wal` says why a WAL-mode one is not)."""
+    the driver installed (`_sqlite_wal` says why a WAL-mode one is not). ADBC's own copy of SQLite
+    does not share this process's file locks outside WAL mode either: closing its connection lets
+    go of the locks the process holds on the file. trueup reads so only where no thread of the
+    process has a transaction open on that file (the reads of a sync, the look before a write-back)."""
     return dialect_of(engine) == "sqlite" and fast_method(engine) == "adbc" and _sqlite_wal(engine) is False
 
 

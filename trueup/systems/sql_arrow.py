@@ -116,9 +116,10 @@ def read_arrow(engine: sa.Engine, stmt: sa.Executable, *, method: str | None = N
     if chosen and chosen != "cursor":
         try:
             sql = compiled.string
-            values = _bound_values(compiled, engine.dialect) if has_params else None
             if has_params and not (chosen == "adbc" and binds_values):
-                raise ValueError("this Arrow-native path runs only statements without values")
+                raise ValueError("this Arrow-native path runs only statements without values (or, on "
+                                 "SQLite, with values it can name: not an expanded IN list)")
+            values = _bound_values(compiled, engine.dialect) if has_params else None
             if values is not None:
                 return ArrowRead(normalize(_read_adbc(engine, sql, values)), chosen)
             if chosen == "adbc" and table and dialect_of(engine) == "postgresql" and isinstance(stmt, sa.Select):

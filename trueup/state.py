@@ -427,8 +427,7 @@ class StateStore:
             # either. One probe, not one a batch. A send of an overlapping run that dies after this
             # probe is settled by a later run's look at the system (`unsettled`), not by these
             # batches. MariaDB, without partial indexes, keeps its look per batch
-            if self.engine.dialect.name not in ("mysql", "mariadb") and c.execute(
-                    sa.select(ledger.c.id).where(*_open_elsewhere(run_id, entity)).limit(1)).first() is None:
+            if self._nothing_open_elsewhere(c, run_id, entity):
                 self._none_open.add((run_id, entity))
             else:
                 self._none_open.discard((run_id, entity))
@@ -523,12 +522,9 @@ class StateStore:
                    if status in ("unchanged", "applied")}
         if not outcome:
             return
-        open_here = _open_elsewhere(run_id, entity)
-        # the usual case, nothing open: one probe of the partial index instead of a look per 500
-        # ids (MariaDB has no partial indexes: there the probe would walk the entity's rows)
-        if self.engine.dialect.name not in ("mysql", "mariadb") and \
-                c.execute(sa.select(ledger.c.id).where(*open_here).limit(1)).first() is None:
+        if self._nothing_open_elsewhere(c, run_id, entity):
             return
+        open_here = _open_elsewhere(run_id, entity)
         look = sa.select(ledger.c.id, ledger.c.change_id, ledger.c.status).where(
             *open_here, ledger.c.change_id.in_(sa.bindparam("ids", expanding=True)))
         candidates = list(outcome)
@@ -547,6 +543,13 @@ class StateStore:
             # only if it is still as seen: a run closing it meanwhile must not be undone
             c.execute(sa.update(ledger).where(ledger.c.id == sa.bindparam("i"), sa.text(_UNSETTLED),
                                               ledger.c.status == was).values(status=status, error=note), ids)
+
+    def _nothing_open_elsewhere(self, c, run_id: str, entity: str) -> bool:
+        """True when other runs left nothing of `entity` to settle: the usual case, one probe of the
+        partial index instead of a look per 500 ids. False on MariaDB, which has no partial
+        indexes (the probe would walk the entity's rows): there the look itself answers."""
+        return self.engine.dialect.name not in ("mysql", "mariadb") and c.execute(
+            sa.select(ledger.c.id).where(*_open_elsewhere(run_id, entity)).limit(1)).first() is None
 
     def _dead_letter(self, c, run_id: str, columns: dict[str, list], now) -> None:
         # statements are executed per row but compiled once, and only for the rows an open dead

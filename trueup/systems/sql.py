@@ -24,7 +24,7 @@ from trueup.config import EntityMap, SystemConfig
 from trueup.sqlite import insert_rows
 from trueup.systems.sql_arrow import (  # noqa: F401 (re-export)
     dialect_of, read_arrow, read_sqlite_by_keys, rows_to_arrow, sqlite_by_adbc)
-from trueup.writeback import WriteOp, WriteResult
+from trueup.writeback import WriteOp, WriteResult, split_key
 
 log = logging.getLogger(__name__)
 
@@ -115,50 +115,33 @@ class SqlSystem:
         key_cols = em.key_columns
         if not keys:
             return rows_to_arrow(cols, [])
-        wanted = f"trueup_wanted_{uuid.uuid4().hex[:12]}"
+        wanted = f"{'#' if self.dialect == 'mssql' else ''}trueup_wanted_{uuid.uuid4().hex[:12]}"
         w = sa.table(wanted, *[sa.column(c) for c in key_cols])
+        parts = [split_key(k, key_cols) for k in dict.fromkeys(keys)]
+        # the keys' table takes the key columns' own types (a SELECT of none of the table's rows):
+        # values bind as the table's, and the join uses its index
+        none_sql = sa.select(*[t.c[c] for c in key_cols]).where(sa.false()).compile(
+            dialect=self.engine.dialect, compile_kwargs={"literal_binds": True})
+        join = sa.select(*[t.c[c] for c in cols]).select_from(t.join(w, sa.and_(*[t.c[c] == w.c[c] for c in key_cols])))
         if self.dialect == "sqlite" and sqlite_by_adbc(self.engine):
             try:
-                return self._fetch_live_adbc(t, cols, key_cols, w, keys)
+                keys_table = pa.table({c: pa.array([p.get(c) for p in parts], pa.string()) for c in key_cols})
+                return read_sqlite_by_keys(
+                    self.engine, f"CREATE TEMPORARY TABLE {self.engine.dialect.identifier_preparer.quote(wanted)} "
+                                 f"AS {none_sql}", wanted, keys_table, str(join.compile(dialect=self.engine.dialect)))
             except Exception as exc:  # noqa: BLE001 - the cursor below reads the same rows
                 log.warning("%s.%s: live read via ADBC failed (%s: %s); reading with the cursor",
                             self.name, entity, type(exc).__name__, str(exc)[:200])
-        parts = [dict(zip(key_cols, k.split("|") if len(key_cols) > 1 else [k])) for k in dict.fromkeys(keys)]
         with self.engine.connect() as conn:
-            # with the key columns' own types (a SELECT of none of the table's rows): values bind
-            # as the table's, and the join uses its index
-            if self.dialect == "mssql":
-                wanted = f"#{wanted}"
-                w = sa.table(wanted, *[sa.column(c) for c in key_cols])
             name = conn.dialect.identifier_preparer.quote(wanted)
-            none = sa.select(*[t.c[c] for c in key_cols]).where(sa.false())
-            none_sql = none.compile(conn, compile_kwargs={"literal_binds": True})
             conn.execute(sa.text(f"SELECT {', '.join(conn.dialect.identifier_preparer.quote(c) for c in key_cols)} "
                                  f"INTO {name} FROM ({none_sql}) AS k" if self.dialect == "mssql"
                                  else f"CREATE TEMPORARY TABLE {name} AS {none_sql}"))
             conn.execute(sa.insert(w), parts)
-            on = sa.and_(*[t.c[c] == w.c[c] for c in key_cols])
-            rows = conn.execute(sa.select(*[t.c[c] for c in cols]).select_from(t.join(w, on))).fetchall()
+            rows = conn.execute(join).fetchall()
             conn.execute(sa.text(f"DROP TABLE {name}"))
             conn.commit()
         return rows_to_arrow(cols, rows)
-
-    def _fetch_live_adbc(self, t: sa.TableClause, cols: list[str], key_cols: list[str], w: sa.TableClause,
-                         keys: list[str]) -> pa.Table:
-        """fetch_live's join on SQLite through ADBC (`read_sqlite_by_keys`)."""
-        unique = list(dict.fromkeys(keys))
-        split = [k.split("|") for k in unique] if len(key_cols) > 1 else [[k] for k in unique]
-        if any(len(parts) != len(key_cols) for parts in split):
-            raise ValueError(f"a key does not have the {len(key_cols)} parts {key_cols}")
-        key_table = pa.table({c: pa.array([parts[i] for parts in split], pa.string()) for i, c in enumerate(key_cols)})
-        dialect = self.engine.dialect
-        none = sa.select(*[t.c[c] for c in key_cols]).where(sa.false())
-        create = f"CREATE TEMPORARY TABLE {dialect.identifier_preparer.quote(w.name)} AS " + \
-            str(none.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
-        select = sa.select(*[t.c[c] for c in cols]).select_from(
-            t.join(w, sa.and_(*[t.c[c] == w.c[c] for c in key_cols])))
-        return read_sqlite_by_keys(self.engine, create, w.name, key_table,
-                                   str(select.compile(dialect=dialect)))
 
     def _timestamp(self, at: datetime) -> datetime:
         """A UTC instant as this database stores it: aware for PostgreSQL (timestamptz), naive
@@ -245,12 +228,13 @@ class SqlSystem:
         if adjusts:
             adj = em.adjustments
             cols = em.key_columns + [adj.quantity, adj.reason, adj.reference, adj.posted_at]
-            rows = [{**{k: b(v) for k, v in op.key_values.items()}, adj.quantity: op.delta, adj.reason: op.reason,
-                     adj.reference: op.idempotency_key, adj.posted_at: now} for op in adjusts]
+            rows = [(*[b(op.key_values[k]) for k in em.key_columns], op.delta, op.reason, op.idempotency_key, now)
+                    for op in adjusts]
             if self.dialect == "sqlite":  # few statements, not a step (and a hand of the lock) per row
-                insert_rows(conn, adj.table, cols, [tuple(r[c] for c in cols) for r in rows])
+                insert_rows(conn, adj.table, cols, rows)
             else:
-                conn.execute(sa.insert(sa.table(adj.table, *[sa.column(c) for c in cols])), rows)
+                conn.execute(sa.insert(sa.table(adj.table, *[sa.column(c) for c in cols])),
+                             [dict(zip(cols, r)) for r in rows])
 
     def _upsert(self, table: str, columns: list[str], keys: list[str]) -> sa.Insert:
         """INSERT that updates the row when its key exists, in this dialect's words."""

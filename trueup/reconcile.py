@@ -159,10 +159,16 @@ def _held(con, ids: pa.Table) -> pa.Array | pa.ChunkedArray:
     if errors[1]:
         return pa.array(np.ones(ids.num_rows, bool))
     con.register("ids", ids.select(["_pos", "golden_id"]))
+    # two equi-joins, not one join on "same key OR (no key and same match key)": DuckDB hashes only
+    # the system for that OR and tests it per pair (the large full run: 11 s; 5M records against
+    # 13,000 errors in a script: 100 s against 0.26 s)
     bad = fetch(con, """
-        WITH hit AS (SELECT DISTINCT s._pos FROM staged s JOIN issues i
-                       ON i.severity = 'error' AND i.source_system = s.source_system
-                      AND (i.source_key = s.source_key OR (i.source_key = '<no key>' AND i.match_key = s.match_key)))
+        WITH e AS (SELECT source_system, source_key, match_key FROM issues WHERE severity = 'error'),
+        hit AS (SELECT s._pos FROM staged s JOIN e USING (source_system, source_key)
+                UNION
+                SELECT s._pos FROM staged s JOIN e ON e.source_system = s.source_system
+                                                 AND e.match_key = s.match_key
+                WHERE e.source_key = '<no key>')
         SELECT DISTINCT ids.golden_id FROM ids JOIN hit USING (_pos)""")
     return pc.or_(apart, pc.is_in(ids.column("golden_id"), bad.column("golden_id")))
 

@@ -253,6 +253,19 @@ def test_a_cluster_keeps_its_anchors_id_and_holds_follow_the_error_issues():
     assert m.column("held").to_pylist() == [True] * 5
 
 
+
+def test_an_error_holds_by_its_own_systems_key_and_a_keyless_one_by_its_match_key():
+    """An error names a record by its system and key: the same key in another system is another
+    record, held only through a cluster it shares. A keyless error holds its match key's cluster
+    in its own system only."""
+    rows = [{"source_system": s, "source_key": k, "match_key": mk, "role": "sold_to"}
+            for s, k, mk in [("erp", "100", "100"), ("crm", "100", "900"), ("erp", "200", "200"),
+                             ("crm", "A2", "200"), ("erp", "300", "300"), ("crm", "A3", "400")]]
+    issues = pa.table({"source_system": ["crm", "erp", "wms"], "source_key": ["100", "<no key>", "<no key>"],
+                       "match_key": ["900", "200", "400"], "severity": ["error", "error", "error"]})
+    m, _ = reconcile.match("customer", staged("customer", rows), None, issues)
+    assert m.column("held").to_pylist() == [False, True, True, True, False, False]
+
 def test_change_ids_are_deterministic(config):
     rows = [{"source_system": "erp", "source_key": "100", "match_key": "100", "role": "sold_to", "email": "a@x.com"},
             {"source_system": "crm", "source_key": "A1", "match_key": "100", "role": "sold_to", "email": "b@x.com"}]

@@ -332,7 +332,17 @@ def _same(field: str, rule: FieldRule, dtype: pa.DataType) -> str:
             if "casefold" in tol.normalize:
                 x = f"lower({x})"
             return x
-        return f"({norm(m)} IS NOT DISTINCT FROM {norm(g)})"
+        # cheap comparisons first, so the regular expression runs only for the pairs they cannot
+        # settle: values equal as they are, or lowercased (lowercasing neither makes nor removes
+        # whitespace, so it commutes with the other steps: equal lowercased is equal normalised).
+        # A CASE, not an OR of comparisons: DuckDB makes each comparison of the two sides a join
+        # condition and computes both sides of every one for every row before joining. At the
+        # large size 363,000 of 1.2M CRM account names differ from the golden ones in case alone,
+        # 3,944 otherwise (`build_plan` of the large customer records: 9.2 -> 4.7-5.0 s)
+        cheap = [f"{m} IS NOT DISTINCT FROM {g}"] + (
+            [f"lower({m}) IS NOT DISTINCT FROM lower({g})"] if "casefold" in tol.normalize else [])
+        return ("(CASE " + " ".join(f"WHEN {c} THEN TRUE" for c in cheap)
+                + f" ELSE {norm(m)} IS NOT DISTINCT FROM {norm(g)} END)")
     return f"({m} IS NOT DISTINCT FROM {g})"
 
 

@@ -130,6 +130,25 @@ def test_tolerances(config):
     assert changes(run("price", rows, config)[3]) == {("crm", "c1", "unit_price", "100.2000", "100.0000")}
 
 
+
+def test_text_tolerances_ignore_case_and_spacing_only_where_the_rule_says(config):
+    """A name differing from the owner's in case, spacing or a tab (trim, casefold, collapse_space)
+    is left alone; one with another word is corrected. A product description (trim, collapse_space,
+    no casefold) differing in case alone is corrected."""
+    owner = {"source_system": "erp", "source_key": "100", "match_key": "100", "role": "sold_to",
+             "name": "Acme  Supply Co"}
+    names = {"A1": "ACME SUPPLY CO", "A2": "\tacme supply co ", "A3": "Acme Supply  Co", "A4": "Acme Supplies Co"}
+    rows = [owner] + [{"source_system": "crm", "source_key": k, "match_key": "100", "role": "sold_to", "name": v}
+                      for k, v in names.items()]
+    assert {c for c in changes(run("customer", rows, config)[3]) if c[2] == "name"} == {
+        ("crm", "A4", "name", "Acme Supplies Co", "Acme  Supply Co")}
+    base = {"sku": "S1", "match_key": "S1"}
+    rows = [{"source_system": "erp", "source_key": "S1", **base, "description": "Widget blue"},
+            {"source_system": "crm", "source_key": "S1", **base, "description": " Widget  blue"},
+            {"source_system": "wms", "source_key": "S1", **base, "description": "WIDGET BLUE"}]
+    assert {c for c in changes(run("product", rows, config)[3]) if c[2] == "description"} == {
+        ("wms", "S1", "description", "WIDGET BLUE", "Widget blue")}
+
 def test_expired_price_is_deactivated_in_the_crm_only(config):
     base = {"price_list": "C-1", "sku": "S", "uom": "EA", "min_qty": 1, "currency": "USD",
             "unit_price": Decimal("5"), "valid_from": date(2026, 1, 1), "valid_to": date(2026, 3, 1), "active": True}

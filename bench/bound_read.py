@@ -1,5 +1,6 @@
 """Reads with values from SQLite, alone and beside a busy thread: an incremental `since`, and the
-live read of a set of keys (the compare before writing, a sync's counterparts).
+live read of a set of keys (the compare before writing, a sync's counterparts); and the write-back's
+updates of those keys.
 
     uv run python bench/bound_read.py [--rows 5000000] [--changed 50000] [--repeat 3]
 
@@ -10,7 +11,9 @@ keys as `SqlSystem.fetch_live` does (a join to the keys in a temporary table: by
 by ADBC with the keys ingested as Arrow), each alone and while another thread of the same process
 runs Python (as, in a sync, another system's read parses its JSON pages or the journal records a
 batch). Prints seconds per path and setting (best of `repeat`) and checks both paths read the
-same rows.
+same rows. Then updates the `changed` prices as `SqlSystem.write` does, row by row (an
+executemany) and in multi-row `UPDATE ... FROM (VALUES ...)` statements, once each alone and
+beside the busy thread (row by row beside it takes minutes), and checks both leave the same prices.
 
 The cursor hands the interpreter's lock back around every row it steps; beside a thread that holds
 it, each hand-back waits for that thread to let go, so the read crawls for as long as the other
@@ -36,6 +39,7 @@ from trueup.config import SystemsConfig  # noqa: E402
 from trueup.systems import sql as sql_module  # noqa: E402
 from trueup.systems.sql import SqlSystem  # noqa: E402
 from trueup.systems.sql_arrow import read_arrow  # noqa: E402
+from trueup.writeback import WriteOp  # noqa: E402
 
 WATERMARK = datetime(2026, 12, 1)
 
@@ -123,6 +127,24 @@ def main() -> None:
         sql_module.sqlite_by_adbc = adbc_live
         if read["since, cursor"] != read["since, adbc"] or read["live, cursor"] != read["live, adbc"]:
             raise SystemExit("the cursor and ADBC read different rows")
+        print("\n| update by key | alone, s | beside a busy thread, s | rows |")
+        print("|---|---:|---:|---:|")
+        written = {}
+        for n, (label, multi_row) in enumerate((("row by row (executemany)", False),
+                                                ("multi-row UPDATE ... FROM", True))):
+            sql_module.UPDATE_FROM = multi_row
+            ops = [[WriteOp(key=k, key_values=dict(zip(("price_list", "sku", "uom", "min_qty"), k.split("|"))),
+                            action="update", values={"unit_price": f"{n * 2 + busy_}.{i % 10000:04d}"})
+                    for i, k in enumerate(keys)] for busy_ in (0, 1)]
+            erp.write_batch = len(keys)  # one transaction, as one batch of the write-back's
+            alone = timed(lambda: len(erp.write("price", ops[0])), False)
+            beside = timed(lambda: len(erp.write("price", ops[1])), True)
+            print(f"| {label} | {alone[0]:.3f} | {beside[0]:.3f} | {alone[1]:,} |", flush=True)
+            got = erp.fetch_live("price", keys)
+            written[multi_row] = sorted(zip(got.column("sku").to_pylist(),
+                                            [round(float(v) % 1, 4) for v in got.column("unit_price").to_pylist()]))
+        if written[False] != written[True]:  # the same fractions, each way its own whole part
+            raise SystemExit("the two ways of updating left different prices")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ different columns, each leaving the rest to the table."""
 from __future__ import annotations
 
 import re
+import sqlite3
 
 import sqlalchemy as sa
 import yaml
@@ -173,3 +174,70 @@ def test_a_sqlite_live_read_goes_through_adbc_and_reads_what_the_cursor_reads(tm
         {"price_list": "LIST", "sku": "O'Neil", "uom": "EA", "min_qty": 10, "unit_price": 1.25},
         {"price_list": "LIST", "sku": "S1", "uom": "EA", "min_qty": 1, "unit_price": 0.125},
         {"price_list": "LIST", "sku": "S3", "uom": "EA", "min_qty": 10, "unit_price": 1.25}]
+
+
+def test_sqlite_updates_go_in_a_few_multi_row_statements_and_land_as_row_by_row(tmp_path, monkeypatch):
+    """Updates of a composite-keyed, typed price list on SQLite (more than one statement may bind:
+    the connection's limit set to 999): multi-row UPDATE ... FROM, no executemany, and the table
+    ends exactly as the row-by-row path leaves it (a key no row has updates nothing; two shapes of
+    update in one batch; the change time stamped on every row updated, on no other)."""
+    from decimal import Decimal
+
+    import trueup.systems.sql as sql_module
+    from trueup.writeback import WriteOp
+
+    config = yaml.safe_load(yaml.safe_dump(SYSTEM))
+    config["entities"]["price"]["updated_at"] = "changed_at"
+    config["entities"]["price"]["fields"]["currency"] = "currency"
+    cfg = SystemsConfig.model_validate({"systems": {"erp": config}}).systems["erp"]
+    ops = [WriteOp(key=f"LIST|S{n}|EA|{1 + n % 3}", key_values={"price_list": "LIST", "sku": f"S{n}", "uom": "EA",
+                                                              "min_qty": str(1 + n % 3)}, action="update",
+                   values={"unit_price": Decimal(n) / 7, **({"currency": "EUR"} if n % 3 == 0 else {})})
+           for n in range(1, 3001, 2)]
+    ops.append(WriteOp(key="LIST|nope|EA|1", key_values={"price_list": "LIST", "sku": "nope", "uom": "EA",
+                                                         "min_qty": "1"}, action="update",
+                       values={"unit_price": Decimal("1")}))
+
+    def table_after(multi_row: bool) -> tuple[list[tuple], list[bool]]:
+        url = f"sqlite:///{tmp_path / f'erp_{multi_row}.db'}"
+        engine = sa.create_engine(url)
+        md = sa.MetaData()
+        price = sa.Table("price", md, *_price_table(md).columns, sa.Column("currency", sa.String(3)),
+                         sa.Column("changed_at", sa.String(32)), extend_existing=True)
+        md.create_all(engine)
+        with engine.begin() as c:
+            c.execute(price.insert(), [{"price_list": "LIST", "sku": f"S{n}", "uom": "EA", "min_qty": 1 + n % 3,
+                                        "unit_price": n / 8, "currency": "USD", "changed_at": "2026-01-01 00:00:00"}
+                                       for n in range(1, 3001)])
+        engine.dispose()
+        monkeypatch.setattr(sql_module, "UPDATE_FROM", multi_row)
+        system = SqlSystem("erp", url, cfg)
+        system.write_batch = 5000
+
+        @sa.event.listens_for(system.engine, "connect")
+        def _limit(dbapi_conn, _):
+            dbapi_conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+
+        system.engine.dispose()  # a connection made before the limit
+        updates = []
+
+        @sa.event.listens_for(system.engine, "before_cursor_execute")
+        def _seen(conn, cursor, statement, parameters, context, executemany):
+            if statement.startswith("UPDATE"):
+                updates.append(executemany)
+
+        assert {r.status for r in system.write("price", ops)} == {"applied"}
+        if multi_row:  # 1,001 rows of one shape (5 values), 500 of the other (6), the stamp bound once
+            assert not any(updates) and len(updates) == -(-1001 // (998 // 5)) + -(-500 // (998 // 6))
+        system.engine.dispose()
+        with sa.create_engine(url).connect() as c:
+            rows = c.execute(sa.text("SELECT price_list, sku, uom, min_qty, unit_price, currency, changed_at "
+                                     "FROM price ORDER BY sku, min_qty")).all()
+        return [tuple(r[:6]) for r in rows], [r[6] != "2026-01-01 00:00:00" for r in rows]
+
+    multi, stamped = table_after(True)
+    one_by_one, stamped_one_by_one = table_after(False)
+    assert multi == one_by_one and stamped == stamped_one_by_one
+    by_sku = {r[1]: r for r in multi}
+    assert sum(stamped) == 1500 and by_sku["S8"][4:] == (1.0, "USD") and by_sku["S12"][4:] == (1.5, "USD")
+    assert round(by_sku["S7"][4], 4) == 1.0 and by_sku["S7"][5] == "USD" and by_sku["S9"][5] == "EUR"

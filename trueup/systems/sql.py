@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from trueup.config import EntityMap, SystemConfig
-from trueup.sqlite import insert_rows
+from trueup.sqlite import UPDATE_FROM, insert_rows, update_rows
 from trueup.systems.sql_arrow import (  # noqa: F401 (re-export)
     dialect_of, read_arrow, read_sqlite_by_keys, rows_to_arrow, sqlite_by_adbc)
 from trueup.writeback import WriteOp, WriteResult, split_key
@@ -200,12 +200,18 @@ class SqlSystem:
         now = self._bind(self._timestamp(self._clock(conn)))
         b = self._bind
         t = self._table(em)
-        # updates grouped by the set of columns they touch: one executemany per shape
+        # updates grouped by the set of columns they touch: one executemany per shape, on SQLite a
+        # few multi-row statements (an executemany steps, and hands the interpreter's lock back, per row)
         shapes: dict[tuple[str, ...], list[dict]] = {}
         for op in batch:
             if op.action == "update":
                 shapes.setdefault(tuple(sorted(op.values)), []).append(op)
         for cols, group in shapes.items():
+            if self.dialect == "sqlite" and UPDATE_FROM:
+                update_rows(conn, em.table, em.key_columns, list(cols),
+                            [(*[b(op.key_values[k]) for k in em.key_columns], *[b(op.values[c]) for c in cols])
+                             for op in group], {em.updated_at: now} if em.updated_at else None)
+                continue
             values = {c: sa.bindparam(f"v_{c}") for c in cols}
             if em.updated_at:
                 values[em.updated_at] = sa.bindparam("v__updated_at")

@@ -141,8 +141,10 @@ def main() -> None:
             beside = timed(lambda: len(erp.write("price", ops[1])), True)
             print(f"| {label} | {alone[0]:.3f} | {beside[0]:.3f} | {alone[1]:,} |", flush=True)
             got = erp.fetch_live("price", keys)
-            written[multi_row] = sorted(zip(got.column("sku").to_pylist(),
-                                            [round(float(v) % 1, 4) for v in got.column("unit_price").to_pylist()]))
+            prices = [float(v) for v in got.column("unit_price").to_pylist()]
+            if {int(v) for v in prices} != {n * 2 + 1}:  # every row holds this way's last write
+                raise SystemExit(f"{label}: not every price was updated")
+            written[multi_row] = sorted(zip(got.column("sku").to_pylist(), [round(v % 1, 4) for v in prices]))
         if written[False] != written[True]:  # the same fractions, each way its own whole part
             raise SystemExit("the two ways of updating left different prices")
 

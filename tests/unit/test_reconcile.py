@@ -130,14 +130,14 @@ def test_tolerances(config):
     assert changes(run("price", rows, config)[3]) == {("crm", "c1", "unit_price", "100.2000", "100.0000")}
 
 
-
 def test_text_tolerances_ignore_case_and_spacing_only_where_the_rule_says(config):
-    """A name differing from the owner's in case, spacing or a tab (trim, casefold, collapse_space)
-    is left alone; one with another word is corrected. A product description (trim, collapse_space,
-    no casefold) differing in case alone is corrected."""
+    """A name differing from the owner's in case alone, in spacing or a tab, or in both (trim,
+    casefold, collapse_space) is left alone; one with another word is corrected. A product
+    description (trim, collapse_space, no casefold) differing in case alone is corrected."""
     owner = {"source_system": "erp", "source_key": "100", "match_key": "100", "role": "sold_to",
              "name": "Acme  Supply Co"}
-    names = {"A1": "ACME SUPPLY CO", "A2": "\tacme supply co ", "A3": "Acme Supply  Co", "A4": "Acme Supplies Co"}
+    names = {"A1": "ACME SUPPLY CO", "A2": "\tacme supply co ", "A3": "Acme Supply  Co", "A4": "Acme Supplies Co",
+             "A5": "ACME  SUPPLY CO"}
     rows = [owner] + [{"source_system": "crm", "source_key": k, "match_key": "100", "role": "sold_to", "name": v}
                       for k, v in names.items()]
     assert {c for c in changes(run("customer", rows, config)[3]) if c[2] == "name"} == {
@@ -148,6 +148,7 @@ def test_text_tolerances_ignore_case_and_spacing_only_where_the_rule_says(config
             {"source_system": "wms", "source_key": "S1", **base, "description": "WIDGET BLUE"}]
     assert {c for c in changes(run("product", rows, config)[3]) if c[2] == "description"} == {
         ("wms", "S1", "description", "WIDGET BLUE", "Widget blue")}
+
 
 def test_expired_price_is_deactivated_in_the_crm_only(config):
     base = {"price_list": "C-1", "sku": "S", "uom": "EA", "min_qty": 1, "currency": "USD",
@@ -272,7 +273,6 @@ def test_a_cluster_keeps_its_anchors_id_and_holds_follow_the_error_issues():
     assert m.column("held").to_pylist() == [True] * 5
 
 
-
 def test_an_error_holds_by_its_own_systems_key_and_a_keyless_one_by_its_match_key():
     """An error names a record by its system and key: the same key in another system is another
     record, held only through a cluster it shares. A keyless error holds its match key's cluster
@@ -284,6 +284,7 @@ def test_an_error_holds_by_its_own_systems_key_and_a_keyless_one_by_its_match_ke
                        "match_key": ["900", "200", "400"], "severity": ["error", "error", "error"]})
     m, _ = reconcile.match("customer", staged("customer", rows), None, issues)
     assert m.column("held").to_pylist() == [False, True, True, True, False, False]
+
 
 def test_change_ids_are_deterministic(config):
     rows = [{"source_system": "erp", "source_key": "100", "match_key": "100", "role": "sold_to", "email": "a@x.com"},
